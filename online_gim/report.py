@@ -1,0 +1,95 @@
+"""Typed reports that the online learner returns after every window."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ModuleReport:
+    """What one module did on one window.
+
+    Attributes:
+        module: index in the stack, 0 = lowest conv module; the GRU (if any) is last.
+        updated: whether the module's weights were updated on this window (schedules may skip).
+        loss: the module's local loss on this window (mean over scored terms); NaN if not computed.
+        loss_pos: positive part of the loss (hinge/clapp: mean positive hinge; infonce: NaN).
+        loss_neg: negative part of the loss (hinge/clapp: mean negative hinge; infonce: NaN).
+        chance_loss: the value the loss takes for an encoder that predicts nothing (all scores 0):
+            1.0 for the CLAPP hinge, ``log(N + 1)`` for InfoNCE with N negatives, ``m1 + m2`` ...
+            ``loss / chance_loss`` near or above 1 is the collapse alarm.
+        active_fraction: fraction of hinge terms that were active (non-zero gradient); NaN for InfoNCE.
+        dead_fraction: fraction of the module's output units that were never positive in the window.
+        seconds: wall-clock seconds spent on this module (forward + update).
+    """
+
+    module: int
+    updated: bool
+    loss: float
+    loss_pos: float
+    loss_neg: float
+    chance_loss: float
+    active_fraction: float
+    dead_fraction: float
+    seconds: float
+
+    @property
+    def loss_ratio(self) -> float:
+        """``loss / chance_loss``: about 1 when the module has learned nothing or collapsed."""
+        return self.loss / self.chance_loss if self.chance_loss > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What the learner did with one window.
+
+    Attributes:
+        step: the learner's window counter after this window (counts skipped windows too).
+        updates: number of windows that updated weights so far (the model step).
+        window_start: stream position of the window's first sample.
+        window_samples: number of samples in the window.
+        skipped_nonfinite: the window held NaN/Inf samples, or an update produced a non-finite
+            loss; nothing was learned from it and no state was changed by it.
+        modules: one report per module, bottom to top.
+        embeddings: per module, its ``(frames, channels)`` output on this window (detached,
+            float32); empty when the window was skipped.
+        seconds: wall-clock seconds of the whole step.
+    """
+
+    step: int
+    updates: int
+    window_start: int
+    window_samples: int
+    skipped_nonfinite: bool
+    modules: tuple[ModuleReport, ...]
+    embeddings: tuple[torch.Tensor, ...]
+    seconds: float
+
+    @property
+    def real_time_factor(self) -> float:
+        """Seconds of compute per second of audio (below 1 keeps up with a live stream)."""
+        return self.seconds / (self.window_samples / 16_000) if self.window_samples else float("nan")
+
+
+@dataclass(frozen=True)
+class ProbeReadout:
+    """What the online linear probes read from one window (see ``online_gim.probes``).
+
+    Attributes:
+        phone_top: ``(frames,)`` most probable phone class per 10 ms frame of the window.
+        phone_prob: ``(frames,)`` its probability.
+        phone_label: ``(frames,)`` the true phone class, -1 where unknown.
+        speaker_top: the most probable speakers for the whole window, best first, as
+            ``(speaker_id, probability)`` pairs (empty until a speaker has been seen).
+        phone_accuracy: running prequential (predict, then learn) phone accuracy, NaN before any label.
+        speaker_accuracy: running prequential per-window speaker accuracy, NaN before any label.
+    """
+
+    phone_top: torch.Tensor
+    phone_prob: torch.Tensor
+    phone_label: torch.Tensor
+    speaker_top: tuple[tuple[str, float], ...]
+    phone_accuracy: float
+    speaker_accuracy: float
