@@ -1,0 +1,163 @@
+"""Read-only access to the parts of a running learner that the side service shows.
+
+The service never changes the learner. Everything it needs from it is optional, so the service
+also runs with a learner that lacks probes or memories (then the probe and neighbour endpoints
+answer 404 with a sentence saying so):
+
+- ``learner.probe_readout() -> ProbeReadout | None`` (or ``StepReport.probes``): the online probes.
+- ``learner.memories[m].nearest(query: Tensor (channels,), k) -> list[MemoryHit]``: nearest stored
+  moments in module ``m``'s FAISS memory; safe to call from another thread. ``len(memory)`` (or
+  ``memory.size``/``memory.ntotal``) is its number of stored vectors.
+- for the weight drift, each module's parameters: ``learner.encoder_state()`` (``{name: Tensor}``,
+  grouped into modules by the first integer in each name, ``"stages.3.conv.weight"`` -> module 3)
+  or else ``learner.stages[m].module`` (an ``nn.Module``); copied on the learner's thread only
+  (between two updates).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from online_gim.report import ProbeReadout, StepReport
+
+_MODULE_INDEX = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
+
+
+def probe_readout(learner: Any, report: StepReport) -> ProbeReadout | None:
+    """The probes' readout for the step just reported, from the report or the learner; else ``None``."""
+    readout = getattr(report, "probes", None)
+    if readout is None and learner is not None:
+        method = getattr(learner, "probe_readout", None)
+        if callable(method):
+            readout = method()
+    return readout if isinstance(readout, ProbeReadout) else None
+
+
+def memories(learner: Any) -> Sequence[Any] | Mapping[int, Any] | None:
+    """The learner's per-module memories (a sequence or ``{module: memory}``), or ``None``."""
+    found = getattr(learner, "memories", None) if learner is not None else None
+    return found if isinstance(found, (Sequence, Mapping)) else None
+
+
+def memory_for(learner: Any, module: int) -> Any | None:
+    """Module ``module``'s memory, or ``None`` when it has none."""
+    found = memories(learner)
+    if found is None:
+        return None
+    if isinstance(found, Mapping):
+        return found.get(module)
+    return found[module] if 0 <= module < len(found) else None
+
+
+def memory_sizes(learner: Any) -> dict[int, int]:
+    """``{module: number of stored vectors}`` for every module that has a memory."""
+    found = memories(learner)
+    if found is None:
+        return {}
+    items = found.items() if isinstance(found, Mapping) else enumerate(found)
+    sizes: dict[int, int] = {}
+    for module, memory in items:
+        if memory is None:
+            continue
+        size = _size_of(memory)
+        if size is not None:
+            sizes[int(module)] = size
+    return sizes
+
+
+def _size_of(memory: Any) -> int | None:
+    for name in ("size", "ntotal", "count"):
+        value = getattr(memory, name, None)
+        if callable(value):
+            try:
+                value = value()
+            except TypeError:
+                continue
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    try:
+        return len(memory)
+    except TypeError:
+        return None
+
+
+def hit_to_dict(hit: Any) -> dict[str, Any]:
+    """A ``MemoryHit`` as a plain dict with the service's field names (missing fields are ``None``)."""
+    data = dataclasses.asdict(hit) if dataclasses.is_dataclass(hit) else dict(getattr(hit, "__dict__", {}))
+    if isinstance(hit, Mapping):
+        data = dict(hit)
+
+    def pick(*names: str) -> Any:
+        for name in names:
+            if name in data and data[name] is not None:
+                return data[name]
+        return None
+
+    speaker = pick("speaker_id", "speaker")
+    phone = _int_or_none(pick("phone", "phone_label"))
+    source = pick("source_id", "source")
+    return {
+        "stream_seconds": _finite_or_none(pick("stream_seconds", "seconds")),
+        "source_id": None if source is None else str(source),
+        "model_step": _int_or_none(pick("step", "model_step")),
+        "score": _finite_or_none(pick("score", "distance")),
+        "speaker": None if speaker is None else str(speaker),
+        "phone": None if phone is None or phone < 0 else phone,
+    }
+
+
+def _finite_or_none(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def module_weights(learner: Any) -> dict[int, list[torch.Tensor]] | None:
+    """Detached CPU copies of each module's parameters, ``{module: [tensor, ...]}``, or ``None``.
+
+    From ``learner.encoder_state()`` (grouped by the first integer in each name) when the learner
+    has it, else from ``learner.stages[m].module.parameters()``. Call it on the learner's thread
+    (between two updates) so that the copy is consistent.
+    """
+    if learner is None:
+        return None
+    method = getattr(learner, "encoder_state", None)
+    if callable(method):
+        state = method()
+        if isinstance(state, Mapping):
+            groups: dict[int, list[torch.Tensor]] = {}
+            for name, tensor in state.items():
+                if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+                    continue
+                match = _MODULE_INDEX.search(str(name))
+                if match is not None:
+                    groups.setdefault(int(match.group(1)), []).append(_copy(tensor))
+            return groups or None
+    stages = getattr(learner, "stages", None)
+    if isinstance(stages, Sequence):
+        groups = {}
+        for index, stage in enumerate(stages):
+            module = getattr(stage, "module", None)
+            if isinstance(module, torch.nn.Module):
+                groups[index] = [_copy(p) for p in module.parameters()]
+        return groups or None
+    return None
+
+
+def _copy(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu", copy=True)
