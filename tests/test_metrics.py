@@ -146,3 +146,14 @@ def test_source_lag_and_buffer_fill():
         assert "online_gim_source_lag_seconds 2.56" in text
     finally:
         board.close()
+
+
+def test_grafana_dashboard_uses_only_existing_metrics():
+    import json
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).resolve().parent.parent / "configs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = set(re.findall(r"online_gim_[a-z_]+", " ".join(exprs)))
+    known = set(METRIC_HELP) | {n + s for n in METRIC_HELP for s in ("_bucket", "_count", "_sum")}
+    assert used and used <= known, used - known
