@@ -1,0 +1,166 @@
+"""End to end: ``online-gim listen --source synth --http 127.0.0.1:<port>`` as a real process,
+every endpoint over real HTTP while it learns."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+LISTEN = [sys.executable, "-c", "import sys; from services.cli import main; sys.exit(main())", "listen"]
+
+
+def listen_supports_http() -> bool:
+    result = subprocess.run([*LISTEN, "--help"], capture_output=True, text=True, timeout=60)
+    return result.returncode == 0 and "--http" in result.stdout
+
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not listen_supports_http(), reason="online-gim listen has no --http option yet"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metric_values(text: str) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+@pytest.fixture(scope="module")
+def listening():
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [*LISTEN, "--source", "synth", "--http", f"127.0.0.1:{port}", "--duration", "600"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("listen did not become ready in 240 s")
+        yield url, process
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_windows(url: str, count: int, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = httpx.get(url + "/v1/status", timeout=10).json()
+        if status["windows_processed"] >= count:
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"fewer than {count} windows in {timeout} s")
+
+
+def test_every_endpoint_of_a_listening_process(listening):
+    url, _ = listening
+    assert httpx.get(url + "/healthz", timeout=10).json()["status"] == "ok"
+    assert httpx.get(url + "/readyz", timeout=10).json()["ready"] is True
+    status = wait_windows(url, 3)
+    assert status["source"].startswith("synth") and status["model_step"] >= 1
+    modules = status["modules"]
+    assert len(modules) >= 2 and all(m["loss"] is not None for m in modules)
+
+    for m in modules:
+        body = httpx.get(url + f"/v1/embeddings/latest?module={m['module']}&frames=5", timeout=10).json()
+        assert body["channels"] == m["channels"] and body["window_frames"] == m["frames"]
+        assert len(body["values"]) == 5 and all(len(row) == m["channels"] for row in body["values"])
+        assert body["times"] == sorted(body["times"])
+    top = httpx.get(url + "/v1/embeddings/latest", timeout=10).json()
+    assert top["module"] == len(modules) - 1 and top["hop_seconds"] == pytest.approx(0.01)
+
+    probes = httpx.get(url + "/v1/probes/latest", timeout=10)
+    assert probes.status_code == 200, probes.text
+    probes = probes.json()
+    assert len(probes["frames"]) == 128 and probes["frames"][0]["phone_name"]
+    assert any(f["label"] is not None for f in probes["frames"])  # the synthetic corpus has labels
+    assert probes["true_speaker"] is not None
+
+    hits = httpx.post(url + "/v1/neighbors", json={"k": 3}, timeout=10)
+    assert hits.status_code == 200, hits.text
+    assert len(hits.json()["neighbors"]) == 3 and hits.json()["neighbors"][0]["stream_seconds"] is not None
+
+    history = httpx.get(url + "/v1/history", timeout=10).json()
+    assert len(history["points"]) >= 3
+    proj = httpx.get(url + "/v1/projection", timeout=10).json()
+    assert len(proj["points"]) >= 16 and proj["speakers"]
+    page = httpx.get(url + "/", timeout=10)
+    assert page.status_code == 200 and "<canvas" in page.text
+    assert "/v1/neighbors" in httpx.get(url + "/openapi.json", timeout=10).json()["paths"]
+    assert httpx.get(url + "/v1/embeddings/latest?module=99", timeout=10).status_code == 404
+    assert httpx.get(url + "/v1/embeddings/latest?frames=-3", timeout=10).status_code == 422
+
+
+def test_metrics_change_while_it_learns(listening):
+    url, _ = listening
+    wait_windows(url, 2)
+    first = metric_values(httpx.get(url + "/metrics", timeout=10).text)
+    status = httpx.get(url + "/v1/status", timeout=10).json()
+    wait_windows(url, status["windows_processed"] + 3)
+    second = metric_values(httpx.get(url + "/metrics", timeout=10).text)
+    names = {n for n, _ in second}
+    for required in ("online_gim_module_loss", "online_gim_real_time_factor", "online_gim_windows_processed_total",
+                     "online_gim_samples_in_total", "online_gim_memory_vectors", "online_gim_probe_accuracy_ratio",
+                     "online_gim_module_dead_unit_ratio", "online_gim_module_loss_chance_ratio",
+                     "online_gim_update_duration_seconds_count", "online_gim_input_level_dbfs"):
+        assert required in names, required
+    key = ("online_gim_windows_processed_total", ())
+    assert second[key] >= first[key] + 3
+    assert second[("online_gim_samples_in_total", ())] > first[("online_gim_samples_in_total", ())]
+    losses = lambda v: {k: x for k, x in v.items() if k[0] == "online_gim_module_loss"}  # noqa: E731
+    assert losses(second) != losses(first)
+
+
+def test_stream_delivers_events(listening):
+    url, _ = listening
+    events = []
+    with httpx.stream("GET", url + "/v1/stream", timeout=60) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line[5:]))
+                if len(events) == 3:
+                    break
+    assert [e["seq"] for e in events] == sorted({e["seq"] for e in events})
+    assert events[-1]["seq"] - events[0]["seq"] >= 2
+    assert len(events[-1]["loss"]) >= 2 and events[-1]["rtf"] > 0
+
+
+def test_non_loopback_without_token_refuses_to_start():
+    result = subprocess.run(
+        [*LISTEN, "--source", "synth", "--http", "0.0.0.0:0", "--duration", "5"],
+        capture_output=True, text=True, timeout=120, env={k: v for k, v in os.environ.items() if k != "ONLINE_GIM_TOKEN"},
+    )
+    assert result.returncode != 0
+    assert "not a loopback address" in result.stderr and "Traceback" not in result.stderr
