@@ -1,0 +1,1 @@
+"""Speech corpora: the synthetic espeak-ng corpus generator (and readers)."""
