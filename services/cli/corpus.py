@@ -78,7 +78,7 @@ def run_synth(args: argparse.Namespace) -> int:
         unknown = sum(corpus.unknown_phonemes.values())
         print(
             f"wrote {summary['utterances']} utterances, {summary['seconds_of_audio']:.1f} s of audio, "
-            f"{summary['speakers']} speakers, {summary['phone_classes_used']}/{summary['phone_classes']} phone classes used"
+            f"{summary['speakers']} speaker{'s' if summary['speakers'] != 1 else ''}, {summary['phone_classes_used']}/{summary['phone_classes']} phone classes used"
             + (f", {unknown} phonemes mapped by fallback" if unknown else "")
             + f" in {summary['wall_seconds']:.1f} s"
         )

@@ -1,0 +1,35 @@
+"""Shared pytest fixtures (keep them generic: several test modules use them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SYNTH_SPEAKERS = 6
+SYNTH_UTTERANCES = 6
+SYNTH_SEED = 0
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory: pytest.TempPathFactory):
+    """A small synthetic corpus (6 speakers x 6 utterances, seed 0), generated once per session.
+
+    Returns the ``streams.corpora.synth.SynthCorpus``; its ``root`` holds LibriSpeech's layout
+    (``<spk>/<chapter>/<spk>-<chapter>-<utt>.flac``, ``*.trans.txt``) and ``labels_dir`` (=
+    ``root / "labels"``) the GIM/CPC label folder. Treat it as read-only (copy before writing).
+    Skips when espeak-ng is not installed.
+    """
+    from streams.corpora import espeak
+    from streams.corpora.synth import synthesize_corpus
+
+    if not espeak.available():
+        pytest.skip(f"espeak-ng is not installed ({espeak.INSTALL_HINT})")
+    root = tmp_path_factory.mktemp("synth-corpus")
+    return synthesize_corpus(root, speakers=SYNTH_SPEAKERS, utterances_per_speaker=SYNTH_UTTERANCES, seed=SYNTH_SEED)
+
+
+@pytest.fixture(scope="session")
+def synth_corpus_dir(synth_corpus) -> Path:
+    """Root folder of the session's small synthetic corpus (see ``synth_corpus``); labels in ``<root>/labels``."""
+    return Path(synth_corpus.root)
