@@ -26,10 +26,14 @@ How it is made (choices written down, as METHOD.md asks):
   and trailing silence of 0.15-0.45 s -> scaled to the speaker's speech RMS level -> Gaussian noise
   floor of the speaker's level (-66..-54 dBFS) -> 16-bit.
 * Labels: espeak-ng phoneme events give each phoneme's first sample; a phoneme lasts until the
-  next one starts. Frame ``f`` (samples ``160 f .. 160 f + 159``) gets the phoneme under its
-  centre sample, mapped by ``phones.ESPEAK_TO_PHONE``; padding and pauses are silence (0). As in
-  CPC's real labels the list is one or two frames (seeded) shorter than ``floor(samples / 160)``
-  and aligned to the END of the audio: label ``i`` belongs to frame ``n_frames - n_labels + i``.
+  next one starts. As in CPC's real labels the list is one or two frames (seeded) shorter than
+  ``floor(samples / 160)``, and it is aligned to the END of the audio, the convention of METHOD.md
+  section 7 and of this project's readers (``streams.chunk.expand_frame_labels``): of ``L``
+  labels for ``N`` samples, label ``i`` covers samples ``N - (L - i) * 160 .. N - (L - 1 - i) *
+  160 - 1`` and holds the phoneme under that span's centre sample, mapped by
+  ``phones.ESPEAK_TO_PHONE``; padding and pauses are silence (0). So the labels are exact to the
+  sample under that reading (under a start-aligned reading they would be off by ``N mod 160``
+  samples, less than one frame).
 * Reproducibility: synthesis runs through ``espeak.IsolatedSynthesizer`` (a fresh fork per
   utterance), noise is drawn from ``numpy.random.default_rng((seed, speaker, utterance))``, so the
   same seed gives byte-identical files with the same espeak-ng, torch/torchaudio and libsndfile;
@@ -55,7 +59,7 @@ from streams.corpora.phones import NUM_PHONES, PHONES, SILENCE, PhoneMapper
 
 SAMPLE_RATE = 16_000
 FRAME_SAMPLES = 160
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 """Bumped whenever the generator's output for a given seed changes (it names the default cache)."""
 
 DEFAULT_SPEAKERS = 24
@@ -377,18 +381,20 @@ def _resampler():  # noqa: ANN202
 
 def frame_labels(
     phoneme_starts: np.ndarray, phoneme_classes: np.ndarray, native_rate: int, native_length: int,
-    lead: int, total: int,
+    lead: int, total: int, num_labels: int,
 ) -> np.ndarray:
-    """Class of every 10 ms frame of a padded 16 kHz utterance (before the CPC-style shortening).
+    """``num_labels`` phone classes, one per 10 ms frame, for a padded 16 kHz utterance.
 
-    ``phoneme_starts`` are native-rate sample indices (ascending) where each phoneme starts;
-    the speech occupies 16 kHz samples ``lead .. lead + native_length * 16000 / native_rate``.
-    A frame takes the phoneme under its centre sample; outside the speech it is silence.
+    The frames are aligned to the END of the ``total`` samples, as every reader of CPC labels
+    in this project aligns them (``streams.chunk.expand_frame_labels``): label ``i`` covers samples
+    ``total - (num_labels - i) * 160 .. total - (num_labels - 1 - i) * 160 - 1`` and takes the
+    phoneme under its centre sample. ``phoneme_starts`` are native-rate sample indices (ascending)
+    where each phoneme starts; the speech occupies 16 kHz samples ``lead .. lead + native_length *
+    16000 / native_rate``; outside it, and before the first phoneme, is silence.
     """
-    frames = total // FRAME_SAMPLES
-    centres = np.arange(frames) * FRAME_SAMPLES + FRAME_SAMPLES // 2
+    centres = total - (num_labels - np.arange(num_labels)) * FRAME_SAMPLES + FRAME_SAMPLES // 2
     native = (centres - lead) * (native_rate / SAMPLE_RATE)
-    labels = np.full(frames, SILENCE, dtype=np.int64)
+    labels = np.full(num_labels, SILENCE, dtype=np.int64)
     inside = (native >= 0) & (native < native_length)
     if len(phoneme_starts):
         index = np.searchsorted(phoneme_starts, native, side="right") - 1
@@ -465,8 +471,8 @@ class _Generator:
             classes = np.array([self.mapper(p.name) for p in synthesis.phonemes], dtype=np.int64)
         starts = np.array([p.sample for p in synthesis.phonemes], dtype=np.float64)
         native_length = len(synthesis.samples)
-        labels = frame_labels(starts, classes, synthesis.sample_rate, native_length, lead, len(pcm))
-        labels = labels[drop:]
+        num_labels = len(pcm) // FRAME_SAMPLES - drop
+        labels = frame_labels(starts, classes, synthesis.sample_rate, native_length, lead, len(pcm), num_labels)
         return text, pcm, labels
 
 
