@@ -352,16 +352,19 @@ def test_cli_writes_a_corpus_and_refuses_a_non_empty_folder(tmp_path, capsys):
 
 
 def test_cli_says_how_to_install_espeak_when_missing(tmp_path, capsys, monkeypatch):
+    """As if libespeak-ng.so.1 were absent: one sentence naming the packages, exit code 2."""
     from services.cli import main
-    from streams.corpora import synth
 
-    def missing(*args, **kwargs):
+    def missing():
         raise espeak.EspeakNotAvailable("the espeak-ng library (libespeak-ng.so.1) is not installed")
 
-    monkeypatch.setattr(synth, "synthesize_corpus", missing)
+    monkeypatch.setattr(espeak, "_LIBRARY", None)
+    monkeypatch.setattr(espeak, "_load_library", missing)
+    assert not espeak.available()
     assert main(["corpus", "synth", "--out", str(tmp_path / "x")]) == 2
     error = capsys.readouterr().err.strip()
     assert "apt-get install espeak-ng libespeak-ng1" in error and len(error.splitlines()) == 1
+    assert "Traceback" not in error
 
 
 # --------------------------------------------------------------------------------------------
