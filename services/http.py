@@ -57,6 +57,18 @@ def parse_host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def check_address(host: str, token: str | None) -> None:
+    """Raise :class:`ServiceConfigError` unless serving on ``host`` with ``token`` is allowed:
+    a non-loopback host needs a (non-empty) token."""
+    if token is not None and not token.strip():
+        raise ServiceConfigError("the token must not be empty")
+    if not is_loopback(host) and not token:
+        raise ServiceConfigError(
+            f"refusing to serve on {host}, which is not a loopback address, without a token: "
+            f"pass --token or set {TOKEN_ENV} (or bind to 127.0.0.1)"
+        )
+
+
 @dataclass
 class ServiceHandle:
     """A running service: its address and how to stop it."""
@@ -92,13 +104,7 @@ def serve_in_thread(
         ServiceConfigError: a non-loopback ``host`` without a token, an empty token, or the address
             cannot be bound (in use, not on this machine).
     """
-    if token is not None and not token.strip():
-        raise ServiceConfigError("the token must not be empty")
-    if not is_loopback(host) and not token:
-        raise ServiceConfigError(
-            f"refusing to serve on {host}, which is not a loopback address, without a token: "
-            f"pass --token or set {TOKEN_ENV} (or bind to 127.0.0.1)"
-        )
+    check_address(host, token)
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     app = build_app(board, token=token)

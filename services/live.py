@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from online_gim.report import StepReport
+from online_gim.report import ModuleReport, StepReport
 from services import learner_view
 from services.drift_monitor import DriftConfig, DriftMonitor, DriftReading
 from services.metrics import ServiceMetrics
@@ -94,6 +94,7 @@ class LiveBoard:
         self._snapshot: BoardSnapshot | None = None
         self._seq = 0
         self._skipped = 0
+        self._scored: dict[int, ModuleReport] = {}
         self._rtf_mean = math.nan
         self._rng = random.Random(0)
         self._source_open: bool | None = None
@@ -186,6 +187,14 @@ class LiveBoard:
             embeddings, phones, speakers = (), None, ()
             emb_start, emb_samples, emb_updates = window.start_sample, int(window.samples.shape[-1]), report.updates
 
+        # Schedules update some modules only: show each module's newest scored loss, not a gap.
+        for mod in report.modules:
+            if math.isfinite(mod.loss):
+                self._scored[mod.module] = mod
+        modules = tuple(
+            dataclasses.replace(self._scored[m.module], updated=m.updated) if m.module in self._scored else m
+            for m in report.modules
+        )
         self._seq += 1
         self._skipped += int(report.skipped_nonfinite)
         snapshot = BoardSnapshot(
@@ -200,7 +209,7 @@ class LiveBoard:
             skipped=report.skipped_nonfinite,
             real_time_factor=rtf,
             real_time_factor_mean=self._rtf_mean,
-            modules=report.modules,
+            modules=modules,
             embeddings=embeddings,
             embedding_start=emb_start,
             embedding_samples=emb_samples,

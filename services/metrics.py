@@ -14,12 +14,22 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from online_gim.report import ProbeReadout, StepReport
 from streams.counters import StreamCounters
 
 PREFIX = "online_gim_"
+
+disable_created_metrics()  # no ``*_created`` series beside every counter and histogram
 
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Upper bounds (seconds) of the update-duration histograms: a 1.28 s window must take less."""

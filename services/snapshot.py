@@ -42,7 +42,8 @@ class BoardSnapshot:
         skipped: whether the newest window was skipped (non-finite).
         real_time_factor: compute seconds per audio second of the newest window.
         real_time_factor_mean: exponential moving average of it (about the last 20 windows).
-        modules: the newest window's per-module reports.
+        modules: per module, the report of the newest window on which it computed a loss (schedules
+            may skip modules), with ``updated`` telling whether it was updated on the newest window.
         embeddings: per module, ``(frames, channels)`` output of the newest window that was not
             skipped; ``embedding_start`` / ``embedding_samples`` / ``embedding_updates`` describe
             that window.

@@ -9,6 +9,7 @@ Usage in a command module::
         service_options.add_arguments(parser)
 
     def run(args):
+        service_options.check(args)                    # before building anything slow; raises CliError
         board = LiveBoard(source=args.source, ...)
         service = service_options.start(args, board)   # None with --no-http; raises CliError
         try:
@@ -43,6 +44,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    from services.http import TOKEN_ENV
+
+    return args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+
+
+def check(args: argparse.Namespace) -> None:
+    """Fail early, before the source and learner are built, on options that cannot work: a
+    malformed ``--http``, or a non-loopback address without a token.
+
+    Raises:
+        CliError: with one sentence saying what to change.
+    """
+    if getattr(args, "no_http", False):
+        return
+    from services.http import ServiceConfigError, check_address, parse_host_port
+
+    try:
+        host, _ = parse_host_port(args.http)
+        check_address(host, _token(args))
+    except ServiceConfigError as error:
+        raise CliError(str(error)) from None
+
+
 def start(args: argparse.Namespace, board):  # -> services.http.ServiceHandle | None
     """Start the service for ``board`` as the options say, or ``None`` with ``--no-http``.
 
@@ -51,9 +76,9 @@ def start(args: argparse.Namespace, board):  # -> services.http.ServiceHandle | 
     """
     if getattr(args, "no_http", False):
         return None
-    from services.http import TOKEN_ENV, ServiceConfigError, parse_host_port, serve_in_thread
+    from services.http import ServiceConfigError, parse_host_port, serve_in_thread
 
-    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    token = _token(args)
     try:
         host, port = parse_host_port(args.http)
         handle = serve_in_thread(board, host, port, token)
