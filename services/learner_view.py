@@ -6,8 +6,8 @@ answer 404 with a sentence saying so):
 
 - ``learner.probe_readout() -> ProbeReadout | None`` (or ``StepReport.probes``): the online probes.
 - ``learner.memories[m].nearest(query: Tensor (channels,), k) -> list[MemoryHit]``: nearest stored
-  moments in module ``m``'s FAISS memory; safe to call from another thread. ``len(memory)`` (or
-  ``memory.size``/``memory.ntotal``) is its number of stored vectors.
+  moments in module ``m``'s FAISS memory; safe to call from another thread. ``len(memory)`` is its
+  number of stored vectors and ``memory.dim`` their size.
 - for the weight drift, each module's parameters: ``learner.encoder_state()`` (``{name: Tensor}``,
   grouped into modules by the first integer in each name, ``"stages.3.conv.weight"`` -> module 3)
   or else ``learner.stages[m].module`` (an ``nn.Module``); copied on the learner's thread only
@@ -16,7 +16,6 @@ answer 404 with a sentence saying so):
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -72,15 +71,6 @@ def memory_sizes(learner: Any) -> dict[int, int]:
 
 
 def _size_of(memory: Any) -> int | None:
-    for name in ("size", "ntotal", "count"):
-        value = getattr(memory, name, None)
-        if callable(value):
-            try:
-                value = value()
-            except TypeError:
-                continue
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
     try:
         return len(memory)
     except TypeError:
@@ -88,25 +78,16 @@ def _size_of(memory: Any) -> int | None:
 
 
 def hit_to_dict(hit: Any) -> dict[str, Any]:
-    """A ``MemoryHit`` as a plain dict with the service's field names (missing fields are ``None``)."""
-    data = dataclasses.asdict(hit) if dataclasses.is_dataclass(hit) else dict(getattr(hit, "__dict__", {}))
-    if isinstance(hit, Mapping):
-        data = dict(hit)
-
-    def pick(*names: str) -> Any:
-        for name in names:
-            if name in data and data[name] is not None:
-                return data[name]
-        return None
-
-    speaker = pick("speaker_id", "speaker")
-    phone = _int_or_none(pick("phone", "phone_label"))
-    source = pick("source_id", "source")
+    """A ``MemoryHit`` (``stream_seconds``, ``source_id``, ``step``, ``score``, ``speaker_id``,
+    ``phone`` with -1 = unknown) as a plain dict with the API's field names."""
+    source = getattr(hit, "source_id", None)
+    speaker = getattr(hit, "speaker_id", None)
+    phone = _int_or_none(getattr(hit, "phone", None))
     return {
-        "stream_seconds": _finite_or_none(pick("stream_seconds", "seconds")),
+        "stream_seconds": _finite_or_none(getattr(hit, "stream_seconds", None)),
         "source_id": None if source is None else str(source),
-        "model_step": _int_or_none(pick("step", "model_step")),
-        "score": _finite_or_none(pick("score", "distance")),
+        "model_step": _int_or_none(getattr(hit, "step", None)),
+        "score": _finite_or_none(getattr(hit, "score", None)),
         "speaker": None if speaker is None else str(speaker),
         "phone": None if phone is None or phone < 0 else phone,
     }
