@@ -149,6 +149,7 @@ function showEvent(e) {
   text("st-dropped", String(e.windows_dropped));
   text("st-rtf", e.rtf === null ? "–" : e.rtf.toFixed(3));
   if (e.phones) text("phones", e.phones.join(" "));
+  else text("phones", "no probe readout (the learner has no probes yet)");
   if (e.speakers) {
     const box = document.getElementById("speakers");
     box.innerHTML = "";
