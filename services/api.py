@@ -17,7 +17,6 @@ from collections import Counter
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, quote
 
 import torch
@@ -45,6 +44,7 @@ from services.api_models import (
     SpeakerGuess,
     Status,
     ModuleStatus,
+    finite_or_none,
 )
 from services.event_stream import EventHub
 from services.live import LiveBoard
@@ -217,7 +217,7 @@ def build_app(board: LiveBoard, *, token: str | None = None, max_stream_clients:
                 time=start + i * FRAME_SAMPLES / SAMPLE_RATE,
                 phone=int(phone),
                 phone_name=board.phone_name(int(phone)),
-                probability=_finite(prob[i] if i < len(prob) else None),
+                probability=finite_or_none(prob[i] if i < len(prob) else None),
                 label=label,
                 label_name=None if label is None else board.phone_name(label),
             ))
@@ -226,10 +226,10 @@ def build_app(board: LiveBoard, *, token: str | None = None, max_stream_clients:
             model_step=snap.updates,
             window_start_seconds=start,
             frames=frames,
-            speakers=[SpeakerGuess(speaker=str(s), probability=_finite(p) or 0.0) for s, p in readout.speaker_top],
+            speakers=[SpeakerGuess(speaker=str(s), probability=finite_or_none(p) or 0.0) for s, p in readout.speaker_top],
             true_speaker=Counter(known).most_common(1)[0][0] if known else None,
-            phone_accuracy=_finite(readout.phone_accuracy),
-            speaker_accuracy=_finite(readout.speaker_accuracy),
+            phone_accuracy=finite_or_none(readout.phone_accuracy),
+            speaker_accuracy=finite_or_none(readout.speaker_accuracy),
         )
 
     @app.get(
@@ -292,17 +292,17 @@ def build_app(board: LiveBoard, *, token: str | None = None, max_stream_clients:
             raise HTTPException(404, "no drift reading yet")
         return Drift(
             stream_seconds=reading.stream_seconds,
-            reference_start=_finite(reading.reference_start),
-            reference_stop=_finite(reading.reference_stop),
-            embedding_cosine={m: _finite(v) for m, v in reading.embedding_cosine.items()},
-            embedding_mmd={m: _finite(v) for m, v in reading.embedding_mmd.items()},
-            weight_change={m: _finite(v) for m, v in reading.weight_change.items()},
-            weight_interval_seconds=_finite(reading.weight_interval_seconds),
-            input_level_db=_finite(reading.input_level_db),
-            input_level_drift_db=_finite(reading.input_level_drift_db),
-            input_spectrum_drift_db=_finite(reading.input_spectrum_drift_db),
-            input_centroid_hz=_finite(reading.input_centroid_hz),
-            input_flatness=_finite(reading.input_flatness),
+            reference_start=finite_or_none(reading.reference_start),
+            reference_stop=finite_or_none(reading.reference_stop),
+            embedding_cosine={m: finite_or_none(v) for m, v in reading.embedding_cosine.items()},
+            embedding_mmd={m: finite_or_none(v) for m, v in reading.embedding_mmd.items()},
+            weight_change={m: finite_or_none(v) for m, v in reading.weight_change.items()},
+            weight_interval_seconds=finite_or_none(reading.weight_interval_seconds),
+            input_level_db=finite_or_none(reading.input_level_db),
+            input_level_drift_db=finite_or_none(reading.input_level_drift_db),
+            input_spectrum_drift_db=finite_or_none(reading.input_spectrum_drift_db),
+            input_centroid_hz=finite_or_none(reading.input_centroid_hz),
+            input_flatness=finite_or_none(reading.input_flatness),
             config={k: float(v) for k, v in asdict(board.drift_config).items()},
         )
 
@@ -362,13 +362,13 @@ def _status(board: LiveBoard) -> Status:
         modules.append(ModuleStatus(
             module=rep.module,
             updated=rep.updated,
-            loss=_finite(rep.loss),
-            loss_positive=_finite(rep.loss_pos),
-            loss_negative=_finite(rep.loss_neg),
-            loss_chance_ratio=_finite(rep.loss_ratio),
-            active_hinge_fraction=_finite(rep.active_fraction),
-            dead_unit_fraction=_finite(rep.dead_fraction),
-            seconds=_finite(rep.seconds),
+            loss=finite_or_none(rep.loss),
+            loss_positive=finite_or_none(rep.loss_pos),
+            loss_negative=finite_or_none(rep.loss_neg),
+            loss_chance_ratio=finite_or_none(rep.loss_ratio),
+            active_hinge_fraction=finite_or_none(rep.active_fraction),
+            dead_unit_fraction=finite_or_none(rep.dead_fraction),
+            seconds=finite_or_none(rep.seconds),
             frames=int(emb.shape[0]) if emb is not None else None,
             channels=int(emb.shape[1]) if emb is not None and emb.dim() == 2 else None,
             memory_vectors=snap.memory_sizes.get(rep.module),
@@ -379,16 +379,16 @@ def _status(board: LiveBoard) -> Status:
         source_id=snap.source_id,
         ready=ready,
         stream_seconds=snap.stream_seconds,
-        source_seconds=_finite(c.get("source_seconds")),
+        source_seconds=finite_or_none(c.get("source_seconds")),
         windows_processed=snap.seq,
         windows_dropped=int(c.get("windows_dropped", 0)),
         windows_skipped=snap.windows_skipped,
         samples_in=int(c.get("samples_in", 0)),
         samples_dropped=int(c.get("samples_dropped", 0)),
-        real_time_factor=_finite(snap.real_time_factor),
-        real_time_factor_mean=_finite(snap.real_time_factor_mean),
-        buffer_fill_ratio=_finite(snap.fill_ratio),
-        source_lag_seconds=_finite(snap.lag_seconds),
+        real_time_factor=finite_or_none(snap.real_time_factor),
+        real_time_factor_mean=finite_or_none(snap.real_time_factor_mean),
+        buffer_fill_ratio=finite_or_none(snap.fill_ratio),
+        source_lag_seconds=finite_or_none(snap.lag_seconds),
         step=snap.step,
         model_step=snap.updates,
         modules=modules,
@@ -452,10 +452,4 @@ def _matrix(values: torch.Tensor) -> list[list[float | None]]:
     return [[v if math.isfinite(v) else None for v in row] for row in values.tolist()]
 
 
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 

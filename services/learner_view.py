@@ -16,7 +16,6 @@ answer 404 with a sentence saying so):
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from online_gim.report import ProbeReadout, StepReport
+from services.api_models import finite_or_none
 
 _MODULE_INDEX = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
@@ -84,21 +84,13 @@ def hit_to_dict(hit: Any) -> dict[str, Any]:
     speaker = getattr(hit, "speaker_id", None)
     phone = _int_or_none(getattr(hit, "phone", None))
     return {
-        "stream_seconds": _finite_or_none(getattr(hit, "stream_seconds", None)),
+        "stream_seconds": finite_or_none(getattr(hit, "stream_seconds", None)),
         "source_id": None if source is None else str(source),
         "model_step": _int_or_none(getattr(hit, "step", None)),
-        "score": _finite_or_none(getattr(hit, "score", None)),
+        "score": finite_or_none(getattr(hit, "score", None)),
         "speaker": None if speaker is None else str(speaker),
         "phone": None if phone is None or phone < 0 else phone,
     }
-
-
-def _finite_or_none(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _int_or_none(value: Any) -> int | None:

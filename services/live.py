@@ -37,6 +37,7 @@ import torch
 
 from online_gim.report import ModuleReport, StepReport
 from services import learner_view
+from services.api_models import finite_or_none
 from services.drift_monitor import DriftConfig, DriftMonitor, DriftReading
 from services.metrics import ServiceMetrics
 from services.snapshot import BoardSnapshot, ProjectionSample
@@ -336,10 +337,6 @@ def _fill_ratio(buffer: Any) -> float | None:
         return None
 
 
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
 def _history_point(s: BoardSnapshot) -> dict[str, Any]:
     drift = s.drift
     return {
@@ -348,19 +345,19 @@ def _history_point(s: BoardSnapshot) -> dict[str, Any]:
         "updates": s.updates,
         "t": round(s.stream_seconds, 3),
         "wall": round(s.wall_time, 3),
-        "rtf": _finite(s.real_time_factor),
-        "loss": [_finite(m.loss) for m in s.modules],
-        "loss_ratio": [_finite(m.loss_ratio) for m in s.modules],
-        "phone_acc": _finite(s.probes.phone_accuracy) if s.probes else None,
-        "speaker_acc": _finite(s.probes.speaker_accuracy) if s.probes else None,
+        "rtf": finite_or_none(s.real_time_factor),
+        "loss": [finite_or_none(m.loss) for m in s.modules],
+        "loss_ratio": [finite_or_none(m.loss_ratio) for m in s.modules],
+        "phone_acc": finite_or_none(s.probes.phone_accuracy) if s.probes else None,
+        "speaker_acc": finite_or_none(s.probes.speaker_accuracy) if s.probes else None,
         "drift_cos": _per_module(drift.embedding_cosine, len(s.modules)) if drift else None,
         "drift_mmd": _per_module(drift.embedding_mmd, len(s.modules)) if drift else None,
-        "input_level_db": _finite(drift.input_level_db) if drift else None,
+        "input_level_db": finite_or_none(drift.input_level_db) if drift else None,
     }
 
 
 def _per_module(values: dict[int, float], modules: int) -> list[float | None]:
-    return [_finite(values.get(m)) for m in range(max(modules, max(values, default=-1) + 1))]
+    return [finite_or_none(values.get(m)) for m in range(max(modules, max(values, default=-1) + 1))]
 
 
 def _event(s: BoardSnapshot, point: dict[str, Any], phone_name: Callable[[int], str]) -> dict[str, Any]:

@@ -6,16 +6,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-LISTEN = [sys.executable, "-c", "import sys; from services.cli import main; sys.exit(main())", "listen"]
+from services.loadcheck import LISTEN as ONLINE_GIM
+from services.loadcheck import free_port, wait_ready
+
+LISTEN = [*ONLINE_GIM, "listen"]
 
 
 def listen_supports_http() -> bool:
@@ -39,12 +40,6 @@ def learner_has_probes() -> bool:
     return hasattr(OnlineLearner, "probe_readout") or "probes" in {f.name for f in dataclasses.fields(StepReport)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def metric_values(text: str) -> dict[tuple[str, tuple], float]:
     out = {}
     for family in text_string_to_metric_families(text):
@@ -59,20 +54,10 @@ def listening():
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
         [*LISTEN, "--source", "synth", "--http", f"127.0.0.1:{port}", "--duration", "600"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("listen did not become ready in 240 s")
+        wait_ready(url, process, timeout=240)
         yield url, process
     finally:
         process.send_signal(signal.SIGINT)
