@@ -311,7 +311,7 @@ _param_values = st.one_of(
 )
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
 @given(data=st.data())
 def test_fuzzed_requests_never_get_5xx(service, data):
     handle, _ = service
