@@ -1,0 +1,187 @@
+"""Typed configuration of the online learner, loadable from the YAML presets in ``configs/``.
+
+Every field has the default of the shipped configuration (``configs/clapp_eprop.yaml``). Units:
+samples are at 16 kHz; frames are the output steps of a module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConvLayerConfig(_Strict):
+    """One Conv1d layer of the audio encoder: ``channels`` outputs, ``kernel``/``stride``/``padding`` in frames of its input."""
+
+    channels: int = Field(gt=0)
+    kernel: int = Field(gt=0)
+    stride: int = Field(gt=0)
+    padding: int = Field(ge=0)
+
+
+GIM_AUDIO_CONVS: tuple[ConvLayerConfig, ...] = tuple(
+    ConvLayerConfig(channels=512, kernel=k, stride=s, padding=p)
+    for k, s, p in ((10, 5, 2), (8, 4, 2), (4, 2, 2), (4, 2, 2), (4, 2, 1))
+)
+"""The GIM/CLAPP audio stack (GIM thesis Table A1): total stride 160 samples = 10 ms frames."""
+
+
+class EncoderConfig(_Strict):
+    """The stack of gradient-isolated modules.
+
+    Attributes:
+        convs: the conv modules, bottom to top (one module per layer).
+        gru: ``eprop`` (stop-gradient GRU trained by forward eligibility traces, the default),
+            ``bptt`` (``nn.GRU`` trained by autograd through time, truncated at the window), or
+            ``none`` (no autoregressive module).
+        gru_hidden: units of the GRU.
+        norm: normalisation between each conv and its ReLU. ``time`` (default): every channel is
+            standardised by its own running mean and variance over time (an exponential moving
+            average updated once per window, no gradient through the statistics): each unit stays
+            active on about half of the frames, so units cannot die and the representation cannot
+            collapse to a constant. ``frame``: per-frame normalisation across channels (CPC_audio's
+            ChannelNorm, no affine). ``none``: the published recipe.
+        norm_momentum: weight of the newest window in the running statistics of ``time`` norm.
+        eprop_chunk: steps per chunk of the e-prop trace update (memory ``O(chunk * width)``).
+    """
+
+    convs: tuple[ConvLayerConfig, ...] = GIM_AUDIO_CONVS
+    gru: Literal["eprop", "bptt", "none"] = "eprop"
+    gru_hidden: int = Field(default=256, gt=0)
+    norm: Literal["time", "frame", "none"] = "time"
+    norm_momentum: float = Field(default=0.05, gt=0, le=1)
+    eprop_chunk: int = Field(default=32, gt=0)
+
+    @property
+    def total_stride(self) -> int:
+        """Input samples per output frame of the top conv module."""
+        stride = 1
+        for conv in self.convs:
+            stride *= conv.stride
+        return stride
+
+
+class LossConfig(_Strict):
+    """The local loss that trains every module.
+
+    Attributes:
+        kind: ``clapp`` (hinge, each scored term is a positive OR a negative with probability 1/2,
+            CLAPP eq. 2), ``clapp_s`` (both every step), ``infonce`` (GIM: softmax over the positive
+            and ``negatives`` negatives), ``distance_hinge`` (squared-distance hinge with margins
+            ``margin_pos``/``margin_neg`` between the prediction and the target).
+        prediction_steps: K, frames ahead that each context predicts (k = 1..K).
+        negatives: negatives per scored (anchor, k) term for ``infonce``; 1 for the hinge losses.
+        split_prediction: CLAPP Appendix C: two independent prediction matrices, one updates the
+            target side (W_pred_z), the other the context side (W_pred_c), no weight transport.
+        subwindow: anchors scored per window and module (a random contiguous run), as GIM does to
+            bound the cost of the long lower layers; the backward pass only touches those frames.
+        margin_pos, margin_neg: distances (in units of the normalised embedding) of ``distance_hinge``.
+    """
+
+    kind: Literal["clapp", "clapp_s", "infonce", "distance_hinge"] = "clapp"
+    prediction_steps: int = Field(default=12, gt=0)
+    negatives: int = Field(default=10, gt=0)
+    split_prediction: bool = False
+    subwindow: int = Field(default=128, gt=0)
+    margin_pos: float = Field(default=1.0, ge=0)
+    margin_neg: float = Field(default=3.0, ge=0)
+
+
+class MemoryConfig(_Strict):
+    """The per-module negative memory (a FAISS index of past encodings).
+
+    Attributes:
+        capacity: entries kept (FIFO); never exceeded.
+        writes_per_window: encodings of each window written into the memory (random frames).
+        policy: ``uniform`` negatives, or ``hard`` (nearest neighbours of the prediction by inner
+            product, i.e. the negatives that score highest).
+        hard_pool: ``hard``: candidates searched per prediction (the hardest allowed one is used).
+        max_age_updates: entries written more than this many updates ago are evicted (stale).
+        exclusion_frames: entries of the same stream within this many frames of the anchor are
+            never negatives (they are its true neighbours); default: ``prediction_steps``.
+    """
+
+    capacity: int = Field(default=2048, gt=0)
+    writes_per_window: int = Field(default=128, gt=0)
+    policy: Literal["uniform", "hard"] = "uniform"
+    hard_pool: int = Field(default=16, gt=0)
+    max_age_updates: int = Field(default=200, gt=0)
+    exclusion_frames: int | None = Field(default=None, ge=0)
+
+
+class OptimConfig(_Strict):
+    """Per-module Adam optimisers.
+
+    Attributes:
+        lr: Adam learning rate of every module (GIM: 2e-4).
+        grad_clip: maximum gradient norm per module per update (a guard, not a tuning knob).
+    """
+
+    lr: float = Field(default=2e-4, gt=0)
+    grad_clip: float = Field(default=10.0, gt=0)
+
+
+class LearnerConfig(_Strict):
+    """Everything the online learner needs.
+
+    Attributes:
+        window: samples per window (20480 = 1.28 s at 16 kHz).
+        mode: ``greedy`` (each module trained by its own loss, inputs detached) or ``e2e``
+            (one loss at the top, gradients through the whole stack: the CPC / Hinge-Loss-CPC
+            baseline).
+        schedule: which modules update on a window: ``all``, ``random`` (one random module, as
+            RLL), ``round_robin``.
+        input_momentum: weight of the newest window in the running input level statistics.
+        seed: seeds initialisation, negative sampling and schedules.
+    """
+
+    window: int = Field(default=20480, gt=0)
+    mode: Literal["greedy", "e2e"] = "greedy"
+    schedule: Literal["all", "random", "round_robin"] = "all"
+    input_momentum: float = Field(default=0.01, gt=0, le=1)
+    seed: int = 0
+    encoder: EncoderConfig = EncoderConfig()
+    loss: LossConfig = LossConfig()
+    memory: MemoryConfig = MemoryConfig()
+    optim: OptimConfig = OptimConfig()
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> LearnerConfig:
+        frames = self.window
+        for index, conv in enumerate(self.encoder.convs):
+            frames = (frames + 2 * conv.padding - conv.kernel) // conv.stride + 1
+            if frames <= self.loss.prediction_steps:
+                raise ValueError(
+                    f"a window of {self.window} samples leaves {frames} frames at conv module {index}, "
+                    f"not more than prediction_steps={self.loss.prediction_steps}"
+                )
+        if self.mode == "e2e" and self.encoder.gru == "eprop":
+            raise ValueError("mode 'e2e' back-propagates through the whole stack: use gru 'bptt' or 'none'")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_config(path: str | Path) -> LearnerConfig:
+    """Reads a YAML preset (any subset of the fields; the rest keep their defaults).
+
+    Raises:
+        ValueError: unreadable file, YAML error, or a field that is unknown or out of range
+            (pydantic's message names it).
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"cannot read config {path}: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"config {path} must be a mapping of fields, not {type(data).__name__}")
+    return LearnerConfig.model_validate(data)

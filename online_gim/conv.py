@@ -1,0 +1,104 @@
+"""One gradient-isolated conv module of the audio encoder: Conv1d -> normalisation -> ReLU."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from online_gim.config import ConvLayerConfig
+
+_EPS = 1e-5
+
+
+class ConvModule(nn.Module):
+    """Conv1d, then a normalisation that keeps every unit alive, then ReLU.
+
+    Normalisations (``norm``):
+        ``time``: each channel standardised by running statistics over time, an exponential
+        moving average of the per-window mean and variance of its pre-activation (buffers
+        ``running_mean``/``running_var``, updated by :meth:`forward_window`; no gradient flows
+        through them). Homeostasis: every unit fires on about half of the frames.
+        ``frame``: each frame standardised across channels (CPC_audio's ChannelNorm, no affine).
+        ``none``: plain Conv1d + ReLU.
+
+    Frames are local: output frame ``j`` depends on input frames ``[j*stride - padding,
+    j*stride - padding + kernel)`` only (the statistics are constants), so a sub-range of output
+    frames can be recomputed from a slice of the input (:meth:`forward_frames`).
+
+    Parameters:
+        in_channels: channels of the input.
+        layer: the Conv1d's shape.
+        norm: ``time``, ``frame`` or ``none``.
+        momentum: weight of the newest window in the running statistics (``time``).
+    """
+
+    def __init__(self, in_channels: int, layer: ConvLayerConfig, *, norm: str, momentum: float) -> None:
+        super().__init__()
+        self.layer = layer
+        self.norm = norm
+        self.momentum = momentum
+        self.conv = nn.Conv1d(in_channels, layer.channels, layer.kernel, stride=layer.stride, padding=0)
+        self.register_buffer("running_mean", torch.zeros(layer.channels))
+        self.register_buffer("running_var", torch.ones(layer.channels))
+        self.register_buffer("stats_initialised", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def out_channels(self) -> int:
+        return self.layer.channels
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (self.layer.padding, self.layer.padding))
+
+    def _normalise_and_rectify(self, pre: torch.Tensor) -> torch.Tensor:
+        """``(1, C, T)`` pre-activations -> ``(1, C, T)`` outputs."""
+        if self.norm == "time":
+            pre = (pre - self.running_mean[:, None]) * torch.rsqrt(self.running_var[:, None] + _EPS)
+        elif self.norm == "frame":
+            mean = pre.mean(dim=1, keepdim=True)
+            var = pre.var(dim=1, keepdim=True, unbiased=False)
+            pre = (pre - mean) * torch.rsqrt(var + _EPS)
+        return torch.relu(pre)
+
+    @torch.no_grad()
+    def _update_statistics(self, pre: torch.Tensor) -> None:
+        mean = pre.mean(dim=(0, 2))
+        var = pre.var(dim=(0, 2), unbiased=False)
+        if not bool(self.stats_initialised):
+            self.running_mean.copy_(mean)
+            self.running_var.copy_(var)
+            self.stats_initialised.fill_(True)
+        else:
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var, self.momentum)
+
+    def forward_window(self, x: torch.Tensor, *, update_statistics: bool) -> torch.Tensor:
+        """Runs the module on a whole window (with autograd if enabled by the caller).
+
+        Args:
+            x: ``(1, C_in, T_in)`` input.
+            update_statistics: fold this window into the running statistics first (learning);
+                ``False`` for pure inference.
+        Returns:
+            ``(1, C, T)`` output, ``T = (T_in + 2*padding - kernel) // stride + 1``.
+        """
+        pre = self.conv(self._pad(x))
+        if update_statistics and self.norm == "time":
+            self._update_statistics(pre.detach())
+        return self._normalise_and_rectify(pre)
+
+    def forward_frames(self, x: torch.Tensor, first: int, stop: int) -> torch.Tensor:
+        """Recomputes output frames ``[first, stop)`` from the slice of the input they read.
+
+        Args:
+            x: ``(1, C_in, T_in)`` the whole input window.
+            first, stop: output frame range.
+        Returns:
+            ``(1, C, stop - first)``, equal to ``forward_window(x)[..., first:stop]``.
+        """
+        stride, kernel = self.layer.stride, self.layer.kernel
+        padded = self._pad(x)
+        return self._normalise_and_rectify(self.conv(padded[..., first * stride : (stop - 1) * stride + kernel]))
+
+    def output_frames(self, input_frames: int) -> int:
+        return (input_frames + 2 * self.layer.padding - self.layer.kernel) // self.layer.stride + 1

@@ -1,0 +1,532 @@
+"""The online learner: one update of the gradient-isolated stack per incoming window."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from online_gim.config import LearnerConfig
+from online_gim.conv import ConvModule
+from online_gim.eprop import EligibilityTraces, StopGradientGRU
+from online_gim.input_norm import InputNormalizer
+from online_gim.losses import LossParts, PredictionHead
+from online_gim.memory import NegativeMemory
+from online_gim.objective import LocalObjective
+from online_gim.report import ModuleReport, StepReport
+from streams.window import FRAME_SAMPLES, AudioWindow
+
+
+@dataclass
+class _Stage:
+    """A module with everything that trains it: head, memory, objective and optimiser.
+
+    ``stride``: input samples per output frame of this module (cumulative).
+    """
+
+    module: nn.Module
+    head: PredictionHead
+    memory: NegativeMemory
+    objective: LocalObjective
+    optimizer: torch.optim.Optimizer
+    stride: int
+
+
+class _LossTotals:
+    """Accumulates weighted loss parts over the chunks of one window."""
+
+    def __init__(self) -> None:
+        self.loss = self.loss_pos = self.loss_neg = self.active = 0.0
+        self.chance = float("nan")
+        self.count = 0
+
+    def add(self, parts: LossParts, weight: float) -> None:
+        self.loss += float(parts.loss) * weight
+        self.loss_pos += parts.loss_pos * weight
+        self.loss_neg += parts.loss_neg * weight
+        self.active += parts.active_fraction * weight
+        self.chance = parts.chance
+        self.count += 1
+
+    def parts(self) -> LossParts | None:
+        if not self.count:
+            return None
+        return LossParts(torch.tensor(self.loss), self.loss_pos, self.loss_neg, self.active, self.chance)
+
+
+@dataclass
+class _WindowContext:
+    """What every stage needs to know about the window being learned."""
+
+    window: AudioWindow
+    speakers: list[str | None]
+
+
+class OnlineLearner:
+    """Greedy InfoMax / CLAPP learner that updates on every new window of a stream.
+
+    The stack: conv modules (Conv1d -> normalisation -> ReLU, see ``ConvModule``) and a GRU
+    (``eprop``: stop-gradient GRU trained by forward eligibility traces; ``bptt``: ``nn.GRU``
+    trained by autograd within the window; ``none``). In ``greedy`` mode each module receives
+    its input detached and is trained by its own local loss (``LocalObjective``) with its own
+    Adam optimiser; no gradient crosses a module boundary. In ``e2e`` mode one loss at the top
+    trains the whole stack by back-propagation (the CPC / Hinge-Loss-CPC baseline).
+
+    ``step(window)`` is the one way to feed data in. It normalises the window with running input
+    statistics, runs the stack, updates the scheduled modules and the memories, and returns a
+    :class:`StepReport`. A window with NaN/Inf samples changes nothing and is counted
+    (``skipped_nonfinite``); a module whose loss or gradient is not finite is not updated.
+
+    The GRU's hidden state (and, for e-prop, its eligibility traces) carry over from one window to
+    the next: consecutive windows are treated as one continuous stream.
+
+    Parameters:
+        config: the learner's configuration (``LearnerConfig()`` is the shipped default).
+
+    Example:
+        >>> import torch
+        >>> from online_gim.config import LearnerConfig
+        >>> from streams.window import AudioWindow
+        >>> learner = OnlineLearner(LearnerConfig())
+        >>> report = learner.step(AudioWindow(torch.randn(20480) * 0.1))
+        >>> [tuple(e.shape) for e in report.embeddings]
+        [(4095, 512), (1023, 512), (512, 512), (257, 512), (128, 512), (128, 256)]
+    """
+
+    def __init__(self, config: LearnerConfig) -> None:
+        self.config = config
+        torch.manual_seed(config.seed)
+        self._generator = torch.Generator().manual_seed(config.seed)
+        self._rng = np.random.default_rng(config.seed)
+        self.input_norm = InputNormalizer(momentum=config.input_momentum)
+        self.stages: list[_Stage] = []
+        in_channels, stride = 1, 1
+        for index, layer in enumerate(config.encoder.convs):
+            module = ConvModule(in_channels, layer, norm=config.encoder.norm, momentum=config.encoder.norm_momentum)
+            stride *= layer.stride
+            memory = NegativeMemory(
+                layer.channels, config.memory, exclusion_samples=self._exclusion_frames * stride, seed=config.seed + index
+            )
+            self.stages.append(self._stage(module, layer.channels, layer.channels, memory, stride))
+            in_channels = layer.channels
+        self.gru: nn.Module | None = None
+        self.traces: EligibilityTraces | None = None
+        if config.encoder.gru != "none":
+            hidden = config.encoder.gru_hidden
+            if config.encoder.gru == "eprop":
+                self.gru = StopGradientGRU(in_channels, hidden)
+                self.traces = EligibilityTraces(self.gru)
+            else:
+                self.gru = nn.GRU(in_channels, hidden)
+            top_memory = self.stages[-1].memory  # the GRU predicts the top conv module's encodings
+            self.stages.append(self._stage(self.gru, hidden, in_channels, top_memory, stride))
+        self.hidden = torch.zeros(config.encoder.gru_hidden)
+        if config.mode == "e2e":
+            parameters = [p for stage in self.stages for p in stage.module.parameters()]
+            parameters += list(self.stages[-1].head.parameters())
+            self._e2e_optimizer = torch.optim.Adam(parameters, lr=config.optim.lr)
+        self.steps = 0
+        self.updates = 0
+        self.windows_skipped_nonfinite = 0
+        self._round_robin = 0
+
+    @property
+    def _exclusion_frames(self) -> int:
+        memory = self.config.memory
+        return memory.exclusion_frames if memory.exclusion_frames is not None else self.config.loss.prediction_steps
+
+    def _stage(self, module: nn.Module, context_dim: int, target_dim: int, memory: NegativeMemory, stride: int) -> _Stage:
+        head = PredictionHead(
+            context_dim,
+            target_dim,
+            self.config.loss.prediction_steps,
+            split=self.config.loss.split_prediction,
+            generator=self._generator,
+        )
+        objective = LocalObjective(self.config.loss, self.config.memory, head, memory, self._generator)
+        optimizer = torch.optim.Adam([*module.parameters(), *head.parameters()], lr=self.config.optim.lr)
+        return _Stage(module, head, memory, objective, optimizer, stride)
+
+    @property
+    def num_modules(self) -> int:
+        return len(self.stages)
+
+    @property
+    def memories(self) -> list[NegativeMemory]:
+        """Each module's negative memory (the GRU shares the top conv module's)."""
+        return [stage.memory for stage in self.stages]
+
+    # ------------------------------------------------------------------ schedules
+
+    def _scheduled(self, modules: Sequence[int] | None) -> set[int]:
+        count = self.num_modules
+        if modules is not None:
+            chosen = set(int(m) for m in modules)
+            if not chosen <= set(range(count)):
+                raise ValueError(f"modules must be in 0..{count - 1}, got {sorted(chosen)}")
+            return chosen
+        if self.config.mode == "e2e" or self.config.schedule == "all":
+            return set(range(count))
+        if self.config.schedule == "random":
+            return {int(self._rng.integers(count))}
+        chosen = {self._round_robin % count}
+        self._round_robin += 1
+        return chosen
+
+    # ------------------------------------------------------------------ the step
+
+    def step(self, window: AudioWindow, modules: Sequence[int] | None = None) -> StepReport:
+        """Learns from one window.
+
+        Args:
+            window: the window; ``window.samples`` is ``(n,)`` float at 16 kHz,
+                ``n == config.window``.
+            modules: update only these modules this window (overrides the schedule); all
+                modules still run forward. Ignored in ``e2e`` mode.
+        Returns:
+            The :class:`StepReport` of this window.
+        Raises:
+            ValueError: the window has the wrong shape.
+        """
+        started = time.perf_counter()
+        samples = window.samples
+        if samples.dim() != 1 or samples.shape[0] != self.config.window:
+            raise ValueError(f"window must be ({self.config.window},) samples, got {tuple(samples.shape)}")
+        self.steps += 1
+        if not bool(torch.isfinite(samples).all()):
+            self.windows_skipped_nonfinite += 1
+            return self._report(window, [], [], started, skipped=True)
+        scheduled = self._scheduled(modules)
+        context = _WindowContext(window=window, speakers=window.frame_speakers())
+        x = self.input_norm.update_and_apply(samples.to(torch.float32))[None, None, :]
+        if self.config.mode == "e2e":
+            module_reports, embeddings = self._step_e2e(x, context)
+        else:
+            module_reports, embeddings = self._step_greedy(x, context, scheduled)
+        if any(report.updated for report in module_reports):
+            self.updates += 1
+        return self._report(window, module_reports, embeddings, started, skipped=False)
+
+    def _report(
+        self,
+        window: AudioWindow,
+        modules: list[ModuleReport],
+        embeddings: list[torch.Tensor],
+        started: float,
+        *,
+        skipped: bool,
+    ) -> StepReport:
+        return StepReport(
+            step=self.steps,
+            updates=self.updates,
+            window_start=window.start_sample,
+            window_samples=int(window.samples.shape[0]),
+            skipped_nonfinite=skipped,
+            modules=tuple(modules),
+            embeddings=tuple(embeddings),
+            seconds=time.perf_counter() - started,
+        )
+
+    def _step_greedy(
+        self, x: torch.Tensor, context: _WindowContext, scheduled: set[int]
+    ) -> tuple[list[ModuleReport], list[torch.Tensor]]:
+        reports: list[ModuleReport] = []
+        embeddings: list[torch.Tensor] = []
+        h = x
+        for index, stage in enumerate(self.stages):
+            started = time.perf_counter()
+            if isinstance(stage.module, ConvModule):
+                with torch.no_grad():
+                    y = stage.module.forward_window(h, update_statistics=True)
+                frames = y[0].T  # (T, C)
+                self._remember(stage, frames, context)
+                parts = self._update_conv(stage, h, frames.shape[0], context) if index in scheduled else None
+                h = y
+            else:
+                frames, parts = self._run_gru(stage, h[0].T, context, learn=index in scheduled)
+            embeddings.append(frames)
+            reports.append(self._module_report(index, parts, frames, started))
+        return reports, embeddings
+
+    def _module_report(self, index: int, parts: LossParts | None, frames: torch.Tensor, started: float) -> ModuleReport:
+        nan = float("nan")
+        return ModuleReport(
+            module=index,
+            updated=parts is not None and math.isfinite(float(parts.loss.detach())),
+            loss=float(parts.loss.detach()) if parts is not None else nan,
+            loss_pos=parts.loss_pos if parts is not None else nan,
+            loss_neg=parts.loss_neg if parts is not None else nan,
+            chance_loss=parts.chance if parts is not None else nan,
+            active_fraction=parts.active_fraction if parts is not None else nan,
+            dead_fraction=float((frames.amax(dim=0) <= 0).float().mean()),
+            seconds=time.perf_counter() - started,
+        )
+
+    def _remember(self, stage: _Stage, frames: torch.Tensor, context: _WindowContext) -> None:
+        """Writes a random subset of the window's ``(T, C)`` encodings into the stage's memory."""
+        count = min(self.config.memory.writes_per_window, frames.shape[0])
+        chosen = np.sort(self._rng.choice(frames.shape[0], size=count, replace=False))
+        offsets = chosen * stage.stride
+        label_frames = np.minimum(offsets // FRAME_SAMPLES, max(context.window.num_frames - 1, 0))
+        phones = context.window.phones[label_frames] if context.window.phones is not None else None
+        speakers = [context.speakers[f] for f in label_frames] if context.speakers else None
+        stage.memory.add(
+            frames[torch.from_numpy(chosen)],
+            context.window.start_sample + offsets,
+            source_id=context.window.source_id,
+            step=self.updates,
+            speakers=speakers,
+            phones=phones,
+        )
+
+    def _anchors(self, frames: int) -> tuple[int, int]:
+        """A random run of anchors ``[first, first + count)`` with every ``anchor + K`` inside."""
+        steps = self.config.loss.prediction_steps
+        count = min(self.config.loss.subwindow, frames - steps)
+        first = int(self._rng.integers(0, frames - steps - count + 1))
+        return first, count
+
+    def _apply(self, stage: _Stage, parts: LossParts | None) -> LossParts | None:
+        """Back-propagates a local loss within the stage and steps its optimiser."""
+        if parts is None or not bool(torch.isfinite(parts.loss)):
+            stage.optimizer.zero_grad(set_to_none=True)
+            return parts
+        parts.loss.backward()
+        self._step_optimizer(stage.optimizer)
+        return parts
+
+    def _step_optimizer(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Clips the gradient norm and steps, unless the gradient is not finite (then the
+        weights stay as they are). Returns whether it stepped."""
+        parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(parameters, self.config.optim.grad_clip)
+        finite = bool(torch.isfinite(norm))
+        if finite:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return finite
+
+    def _update_conv(self, stage: _Stage, inputs: torch.Tensor, frames: int, context: _WindowContext) -> LossParts | None:
+        first, count = self._anchors(frames)
+        steps = self.config.loss.prediction_steps
+        recomputed = stage.module.forward_frames(inputs, first, first + count + steps)[0].T  # (count + K, C)
+        anchors = torch.arange(count)
+        positions = context.window.start_sample + (first + anchors.numpy()) * stage.stride
+        parts = stage.objective(recomputed[:count], recomputed, anchors, positions, source_id=context.window.source_id)
+        return self._apply(stage, parts)
+
+    def _run_gru(
+        self, stage: _Stage, inputs: torch.Tensor, context: _WindowContext, *, learn: bool
+    ) -> tuple[torch.Tensor, LossParts | None]:
+        """Runs (and if ``learn``, trains) the GRU on the top conv module's ``(T, C)`` output."""
+        inputs = inputs.detach()
+        if self.config.encoder.gru == "eprop":
+            return self._run_eprop(stage, inputs, context, learn=learn)
+        with torch.set_grad_enabled(learn):
+            states, last = stage.module(inputs[:, None, :], self.hidden[None, None, :])
+        self.hidden = last[0, 0].detach()
+        states = states[:, 0]
+        if not learn:
+            return states.detach(), None
+        anchors = torch.arange(states.shape[0] - self.config.loss.prediction_steps)
+        positions = context.window.start_sample + anchors.numpy() * stage.stride
+        parts = stage.objective(states[anchors], inputs, anchors, positions, source_id=context.window.source_id)
+        return states.detach(), self._apply(stage, parts)
+
+    def _run_eprop(
+        self, stage: _Stage, inputs: torch.Tensor, context: _WindowContext, *, learn: bool
+    ) -> tuple[torch.Tensor, LossParts | None]:
+        """E-prop: chunk by chunk, forward the GRU, score the chunk's anchors (their targets
+        ``z_{t+k}`` are known inputs), and turn ``dLoss/dh_t`` into weight gradients through the
+        eligibility traces. The traces advance on every window (they are the sensitivities of
+        the hidden state), also when the GRU is not scheduled to learn. No activation history
+        beyond one chunk is kept."""
+        gru, traces = self.gru, self.traces
+        assert isinstance(gru, StopGradientGRU) and traces is not None
+        frames = inputs.shape[0]
+        scored = frames - self.config.loss.prediction_steps
+        outputs: list[torch.Tensor] = []
+        totals = _LossTotals()
+        traces.zero_grads()
+        for first in range(0, frames, self.config.encoder.eprop_chunk):
+            states, cache = gru.run_chunk(inputs[first : first + self.config.encoder.eprop_chunk], self.hidden)
+            self.hidden = states[-1]
+            outputs.append(states)
+            signal = torch.zeros_like(states)
+            anchors = torch.arange(first, min(first + states.shape[0], scored))
+            if learn and len(anchors):
+                leaf = states.clone().requires_grad_(True)
+                positions = context.window.start_sample + anchors.numpy() * stage.stride
+                parts = stage.objective(leaf[anchors - first], inputs, anchors, positions, source_id=context.window.source_id)
+                if parts is None:
+                    learn = False
+                else:
+                    weight = len(anchors) / scored  # the window's loss is the mean over all anchors
+                    (parts.loss * weight).backward()
+                    totals.add(parts, weight)
+                    signal = leaf.grad
+            traces.update(cache, signal)
+        states = torch.cat(outputs)
+        parts = totals.parts() if learn else None
+        if parts is None or not bool(torch.isfinite(parts.loss)):
+            stage.optimizer.zero_grad(set_to_none=True)
+            return states, parts
+        for parameter, grad in zip((gru.weight_ih, gru.weight_hh, gru.bias_ih, gru.bias_hh), traces.grads):
+            parameter.grad = grad.clone()
+        self._step_optimizer(stage.optimizer)
+        return states, parts
+
+    def _step_e2e(self, x: torch.Tensor, context: _WindowContext) -> tuple[list[ModuleReport], list[torch.Tensor]]:
+        """One loss at the top, back-propagated through the whole stack (and through time
+        within the window for a ``bptt`` GRU)."""
+        started = time.perf_counter()
+        outputs: list[torch.Tensor] = []
+        h = x
+        for stage in self.stages:
+            if isinstance(stage.module, ConvModule):
+                h = stage.module.forward_window(h, update_statistics=True)
+                outputs.append(h[0].T)
+        targets = outputs[-1]  # (T, C) top conv encodings, with the graph
+        top = self.stages[-1]
+        if self.gru is not None:
+            states, last = self.gru(targets[:, None, :], self.hidden[None, None, :])
+            self.hidden = last[0, 0].detach()
+            contexts = states[:, 0]
+            outputs.append(contexts)
+        else:
+            contexts = targets
+        with torch.no_grad():
+            self._remember(self.stages[-1 if self.gru is None else -2], targets.detach(), context)
+        anchors = torch.arange(targets.shape[0] - self.config.loss.prediction_steps)
+        positions = context.window.start_sample + anchors.numpy() * top.stride
+        parts = top.objective(contexts[anchors], targets, anchors, positions, source_id=context.window.source_id)
+        updated = False
+        if parts is not None and bool(torch.isfinite(parts.loss)):
+            parts.loss.backward()
+            updated = self._step_optimizer(self._e2e_optimizer)
+        self._e2e_optimizer.zero_grad(set_to_none=True)
+        embeddings = [o.detach() for o in outputs]
+        reports = [
+            self._module_report(index, parts if index == len(embeddings) - 1 and updated else None, frames, started)
+            for index, frames in enumerate(embeddings)
+        ]
+        return reports, embeddings
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def embed(self, samples: torch.Tensor) -> list[torch.Tensor]:
+        """Encodes audio without learning and without touching the learner's state.
+
+        Args:
+            samples: ``(n,)`` float samples at 16 kHz, any length that leaves at least one frame
+                at the top.
+        Returns:
+            Per module, its ``(frames, C)`` output; the GRU starts from a zero state.
+        """
+        if samples.dim() != 1:
+            raise ValueError(f"samples must be (n,), got {tuple(samples.shape)}")
+        if not bool(torch.isfinite(samples).all()):
+            raise ValueError("samples contain NaN or Inf")
+        h = self.input_norm.apply(samples.to(torch.float32))[None, None, :]
+        outputs: list[torch.Tensor] = []
+        for stage in self.stages:
+            if isinstance(stage.module, ConvModule):
+                h = stage.module.forward_window(h, update_statistics=False)
+                outputs.append(h[0].T.clone())
+            elif isinstance(stage.module, StopGradientGRU):
+                states, _ = stage.module.run_chunk(h[0].T, torch.zeros(stage.module.hidden_size))
+                outputs.append(states)
+            else:
+                states, _ = stage.module(h[0].T[:, None, :])
+                outputs.append(states[:, 0])
+        return outputs
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, object]:
+        """The whole learner state: weights, statistics, optimisers, memories, traces, RNGs, counters."""
+        state: dict[str, object] = {
+            "config": self.config.model_dump(mode="json"),
+            "input_norm": self.input_norm.state_dict(),
+            "stages": [
+                {
+                    "module": stage.module.state_dict(),
+                    "head": stage.head.state_dict(),
+                    "optimizer": stage.optimizer.state_dict(),
+                }
+                for stage in self.stages
+            ],
+            "memories": [self.stages[i].memory.state_dict() for i in self._memory_owners()],
+            "hidden": self.hidden.clone(),
+            "traces": self.traces.state_dict() if self.traces is not None else {},
+            "counters": {
+                "steps": self.steps,
+                "updates": self.updates,
+                "windows_skipped_nonfinite": self.windows_skipped_nonfinite,
+                "round_robin": self._round_robin,
+            },
+            "torch_generator": self._generator.get_state(),
+            "numpy_rng": self._rng.bit_generator.state,
+        }
+        if self.config.mode == "e2e":
+            state["e2e_optimizer"] = self._e2e_optimizer.state_dict()
+        return state
+
+    def _memory_owners(self) -> list[int]:
+        """Indices of the stages that own their memory (the GRU shares the top conv's)."""
+        owners: list[int] = []
+        for index, stage in enumerate(self.stages):
+            if all(stage.memory is not self.stages[o].memory for o in owners):
+                owners.append(index)
+        return owners
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Restores :meth:`state_dict`'s output.
+
+        Raises:
+            ValueError: the state was written with a different configuration (the message names
+                the first differing field).
+        """
+        saved = LearnerConfig.model_validate(state["config"])
+        if saved != self.config:
+            raise ValueError(f"state was saved with a different config: {_first_difference(saved, self.config)}")
+        self.input_norm.load_state_dict(state["input_norm"])
+        for stage, saved_stage in zip(self.stages, state["stages"]):
+            stage.module.load_state_dict(saved_stage["module"])
+            stage.head.load_state_dict(saved_stage["head"])
+            stage.optimizer.load_state_dict(saved_stage["optimizer"])
+        for owner, memory_state in zip(self._memory_owners(), state["memories"]):
+            self.stages[owner].memory.load_state_dict(memory_state)
+        self.hidden = state["hidden"].clone()
+        if self.traces is not None:
+            self.traces.load_state_dict(state["traces"])
+        counters = state["counters"]
+        self.steps = int(counters["steps"])
+        self.updates = int(counters["updates"])
+        self.windows_skipped_nonfinite = int(counters["windows_skipped_nonfinite"])
+        self._round_robin = int(counters["round_robin"])
+        self._generator.set_state(state["torch_generator"])
+        self._rng.bit_generator.state = state["numpy_rng"]
+        if self.config.mode == "e2e":
+            self._e2e_optimizer.load_state_dict(state["e2e_optimizer"])
+
+
+def _first_difference(a: LearnerConfig, b: LearnerConfig) -> str:
+    """Names the first field (dotted path) where two configs differ, with both values."""
+
+    def walk(x: object, y: object, path: str) -> str | None:
+        if isinstance(x, dict) and isinstance(y, dict):
+            for key in x:
+                found = walk(x[key], y.get(key), f"{path}.{key}" if path else key)
+                if found:
+                    return found
+            return None
+        return None if x == y else f"{path}: saved {x!r}, now {y!r}"
+
+    return walk(a.model_dump(mode="json"), b.model_dump(mode="json"), "") or "unknown field"
