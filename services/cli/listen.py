@@ -1,0 +1,431 @@
+"""``online-gim listen``: learn from a live or replayed stream, window by window.
+
+Examples::
+
+    online-gim listen                                   # the synthetic speech stream, real time
+    online-gim listen --source librispeech --root ../shared/data/librispeech-mini/LibriSpeech \\
+        --labels ../shared/data/librispeech-mini/LibriSpeech100_labels_split --speed max
+    online-gim listen --source file --path talk.mp3 --speed 2
+    online-gim listen --source mic --device pulse --duration 60 --summary-json run.json
+    online-gim listen --list-devices
+
+The loop is :class:`services.session.ListenSession`; this module builds its parts from the
+options, shows a one-line live status (rich, on a terminal), runs the side service (``--http``),
+stops cleanly on Ctrl-C or SIGTERM (summary, exit 0) and writes the summary JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from services.cli import CliError, service_options
+from services.cli import state as state_options
+
+SOURCES = ("synth", "librispeech", "file", "mic")
+SCHEDULES = ("auto", "all", "random", "round_robin")
+
+log = logging.getLogger("online_gim.listen")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "listen",
+        help="learn from a stream: synthetic speech (default), LibriSpeech replay, a file or the microphone",
+        description="Run source -> ring buffer -> learner until the stream ends, --duration or --max-windows "
+        "is reached, or Ctrl-C / SIGTERM (clean stop with a summary, exit 0).",
+    )
+    source = parser.add_argument_group("source")
+    source.add_argument("--source", choices=SOURCES, default="synth", help="where the audio comes from (default: synth, the embedded synthetic speech stream)")
+    source.add_argument(
+        "--root", action="append", type=Path, default=None, metavar="DIR",
+        help="librispeech: a LibriSpeech tree (any subset; repeat for several); "
+        "synth: an existing synthetic corpus (default: the cached default corpus, generated on first use)",
+    )
+    source.add_argument("--labels", type=Path, default=None, metavar="DIR",
+                        help="librispeech: GIM/CPC label folder (converted_aligned_phones.txt, optional splits)")
+    source.add_argument("--split", choices=("train", "test"), default=None,
+                        help="librispeech/synth: only the utterances of this split of the label folder")
+    source.add_argument("--order", choices=("sorted", "shuffle"), default=None,
+                        help="utterance order (default: sorted for librispeech, shuffled by --seed for synth)")
+    source.add_argument("--path", default=None, metavar="FILE|URL", help="file: any audio file or URL FFmpeg opens")
+    source.add_argument("--speed", default="1.0", metavar="1.0|N|max",
+                        help="replay pace in multiples of real time; max = as fast as the learner goes, nothing dropped (default: 1.0)")
+    source.add_argument("--loop", action="store_true", help="librispeech/file: start over at the end (synth always loops)")
+    source.add_argument("--device", default=None, metavar="NAME|INDEX",
+                        help="mic: input device (default: the system's default input)")
+    source.add_argument("--list-devices", action="store_true", help="list the audio input devices and exit")
+
+    learn = parser.add_argument_group("learner")
+    learn.add_argument("--config", type=Path, default=None, metavar="FILE.yaml", help="learner configuration preset")
+    learn.add_argument("--seed", type=int, default=None, help="seeds the learner and the utterance order")
+    learn.add_argument("--window", type=int, default=None, metavar="N", help="samples per window (default: the config's, 20480)")
+    learn.add_argument("--hop", type=int, default=None, metavar="N", help="samples between window starts (default: = window)")
+    learn.add_argument(
+        "--schedule", choices=SCHEDULES, default=None,
+        help="modules updated per window: auto = all while the learner keeps up with the stream, fewer "
+        "(round-robin) when it falls behind; all; random (one); round_robin (one). Default: auto, or the "
+        "config's schedule when it sets one",
+    )
+    learn.add_argument("--buffer-seconds", type=float, default=None, metavar="S",
+                       help="ring buffer size in seconds of audio (default: 8 windows)")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds of source audio")
+    run.add_argument("--max-windows", type=int, default=None, metavar="N", help="stop after N windows")
+    run.add_argument("--summary-json", type=Path, default=None, metavar="PATH", help="write the final summary here")
+    run.add_argument("--record", type=Path, default=None, metavar="FILE.wav",
+                     help="also write the audio the learner processed (16 kHz mono) to this file")
+    run.add_argument("--quiet", action="store_true", help="no live status line and no printed summary")
+    service_options.add_arguments(parser)
+    state_options.add_listen_arguments(parser)
+    parser.set_defaults(func=run_listen)
+
+
+# ---------------------------------------------------------------------- building the parts
+
+
+def _list_devices() -> int:
+    from streams.sources.mic import MicrophoneUnavailable, input_devices
+
+    try:
+        devices = input_devices()
+    except MicrophoneUnavailable as error:
+        raise CliError(str(error)) from None
+    if not devices:
+        print("no audio input devices")
+        return 0
+    for d in devices:
+        mark = "*" if d["default"] else " "
+        print(f"{mark} {d['index']:>3}  {d['name']}  ({d['hostapi']}, {d['channels']} in, {d['samplerate']:.0f} Hz)")
+    return 0
+
+
+def _learner_config(args: argparse.Namespace):
+    from online_gim.config import LearnerConfig, load_config
+
+    try:
+        config = load_config(args.config) if args.config is not None else LearnerConfig()
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    changes: dict[str, Any] = {}
+    if args.window is not None:
+        changes["window"] = args.window
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    schedule = args.schedule or ("auto" if config.schedule == "all" else config.schedule)
+    changes["schedule"] = "all" if schedule == "auto" else schedule
+    try:
+        config = LearnerConfig.model_validate({**config.model_dump(), **changes})
+    except ValueError as error:
+        raise CliError(f"invalid learner settings: {error}") from None
+    return config, schedule
+
+
+def _speed(args: argparse.Namespace) -> float | None:
+    from streams.sources.base import parse_speed
+
+    try:
+        return parse_speed(args.speed)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+
+
+def _source(args: argparse.Namespace, start=None):
+    """The source the options ask for (not yet started); a replay starts at ``start`` (a
+    ``ReplayPosition``, when resuming)."""
+    seed = args.seed if args.seed is not None else 0
+    if args.source == "mic":
+        from streams.sources.mic import MicrophoneSource, MicrophoneUnavailable
+
+        mic = MicrophoneSource(args.device)
+        try:
+            mic.resolve()  # fail early, with one sentence, before the learner is built
+        except MicrophoneUnavailable as error:
+            raise CliError(str(error)) from None
+        return mic
+    if args.source == "file":
+        from streams.sources.file import AudioFileError, FileSource
+
+        if not args.path:
+            raise CliError("--source file needs --path FILE|URL")
+        try:
+            return FileSource(args.path, speed=_speed(args), loop=args.loop)
+        except (FileNotFoundError, AudioFileError) as error:
+            raise CliError(str(error)) from None
+    if args.source == "librispeech":
+        from streams.sources.librispeech import LibriSpeechReplay
+
+        if not args.root:
+            raise CliError("--source librispeech needs --root DIR (a LibriSpeech tree)")
+        try:
+            return LibriSpeechReplay(
+                args.root, args.labels, split=args.split, order=args.order or "sorted", seed=seed,
+                speed=_speed(args), loop=args.loop, start=start,
+            )
+        except (OSError, ValueError) as error:
+            raise CliError(str(error)) from None
+    from streams.corpora.espeak import EspeakError
+    from streams.sources.synth import SynthSource
+
+    if args.root and len(args.root) > 1:
+        raise CliError("--source synth takes one --root (a synthetic corpus folder)")
+    try:
+        return SynthSource(
+            corpus_dir=args.root[0] if args.root else None, split=args.split, order=args.order or "shuffle",
+            seed=seed, speed=_speed(args), start=start,
+        )
+    except (EspeakError, OSError, ValueError) as error:
+        raise CliError(f"cannot open the synthetic speech stream: {error}") from None
+
+
+def _phone_names(args: argparse.Namespace):
+    """Names of the phone classes when the source's labels come from the synthetic corpus."""
+    if args.source != "synth":
+        return None
+    from streams.corpora.phones import PHONES
+
+    return PHONES
+
+
+# ---------------------------------------------------------------------- the live status line
+
+
+class StatusLine:
+    """A :class:`~services.session.StepObserver` that keeps one status line on the terminal (rich):
+    source time, windows, drops, real-time factor, module updates and per-module loss."""
+
+    def __init__(self, console, hop: int) -> None:
+        from rich.live import Live
+
+        self._hop_seconds = hop / 16_000
+        self._compute = 0.0
+        self._windows = 0
+        self._slots = 0
+        self._updates = 0
+        self._live = Live(console=console, refresh_per_second=4, transient=True)
+        self._live.start()
+
+    def on_step(self, window, report, counters) -> None:
+        from rich.text import Text
+
+        self._windows += 1
+        self._compute += report.seconds
+        self._slots += len(report.modules)
+        self._updates += sum(m.updated for m in report.modules)
+        rtf = self._compute / (self._windows * self._hop_seconds)
+        losses = " ".join("-" if not math.isfinite(m.loss) else f"{m.loss:.2f}" for m in report.modules)
+        share = self._updates / self._slots if self._slots else 1.0
+        self._live.update(
+            Text(
+                f"t={counters.source_seconds:.1f}s  win {self._windows}  drop {counters.samples_dropped / 16000:.1f}s"
+                f"  rtf {rtf:.2f}  upd {share:.0%}  loss {losses}",
+                no_wrap=True,
+                overflow="ellipsis",
+            )
+        )
+
+    def close(self) -> None:
+        self._live.stop()
+
+
+# ---------------------------------------------------------------------- the command
+
+
+class _Interrupted(Exception):
+    """A stop signal arrived before the loop started."""
+
+
+class _Signals:
+    """SIGINT/SIGTERM: before the loop, abort the set-up; during it, stop the session cleanly;
+    a second signal while stopping ends the process at once."""
+
+    def __init__(self) -> None:
+        self.session = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        session = self.session
+        if session is None:
+            raise _Interrupted(name)
+        if session.stopping:
+            print(f"online-gim listen: {name} again, stopping at once", file=sys.stderr)
+            os._exit(128 + signum)
+        session.stop(f"signal:{name}")
+
+
+def run_listen(args: argparse.Namespace) -> int:
+    if args.list_devices:
+        return _list_devices()
+    if args.duration is not None and not args.duration > 0:
+        raise CliError("--duration must be a positive number of seconds")
+    if args.max_windows is not None and args.max_windows < 1:
+        raise CliError("--max-windows must be at least 1")
+    service_options.check(args)
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    interactive = console.is_terminal and not args.quiet
+    _configure_logging(console)
+    with _Signals() as signals:
+        try:
+            return _listen(args, signals, console, interactive)
+        except _Interrupted as stop:
+            print(f"online-gim listen: {stop} before listening started; nothing learned", file=sys.stderr)
+            return 0
+
+
+def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: bool) -> int:
+    config, schedule = _learner_config(args)
+    if args.hop is not None and not 0 < args.hop <= config.window:
+        raise CliError(f"--hop must be between 1 and the window ({config.window})")
+    capacity = None
+    if args.buffer_seconds is not None:
+        capacity = round(args.buffer_seconds * 16_000)
+        if capacity < config.window:
+            raise CliError(f"--buffer-seconds must hold at least one window ({config.window / 16_000:.2f} s)")
+    state = state_options.open_listen_state(args)  # None without --state
+    try:
+        source = _source(args, start=state.replay_start if state is not None else None)
+        if state is not None and not state.continues(source):
+            source.close()
+            source = _source(args, start=state.fresh_start)
+    except BaseException:
+        if state is not None:
+            state.close()
+        raise
+    service = None
+    try:
+        from online_gim.learner import OnlineLearner
+        from services.session import ListenSession
+
+        learner = OnlineLearner(config)
+        if state is not None:
+            state_options.restore(state, learner)
+        session = ListenSession(
+            source, learner, window=config.window, hop=args.hop, capacity=capacity,
+            auto_schedule=schedule == "auto", max_seconds=args.duration, max_windows=args.max_windows,
+            schedule_name=schedule, origin=state.origin if state is not None else 0,
+        )
+        if state is not None:
+            session.add_observer(state_options.checkpointer(args, state, learner, source, session.summary.hop))
+        if args.record is not None:
+            session.add_observer(_recorder(args.record))
+        service = _side_service(args, session, learner, config)
+        if interactive:
+            session.add_observer(StatusLine(console, session.summary.hop))
+    except BaseException:
+        if service is not None:
+            service.stop()
+        source.close()
+        if state is not None:
+            state.close()
+        raise
+    signals.session = session
+    from streams.sources.mic import MicrophoneUnavailable
+
+    try:
+        summary = session.run()
+    except MicrophoneUnavailable as error:
+        raise CliError(str(error)) from None
+    finally:
+        if service is not None:
+            service.stop()
+    document = summary.to_dict()
+    if state is not None:
+        document.update(state.summary_fields())
+    if args.summary_json is not None:
+        try:
+            args.summary_json.parent.mkdir(parents=True, exist_ok=True)
+            args.summary_json.write_text(json.dumps(document, indent=2) + "\n")
+        except OSError as error:
+            raise CliError(f"cannot write the summary to {args.summary_json}: {error.strerror or error}") from None
+    if not args.quiet:
+        _print_summary(document)
+    if summary.stop_reason == "source_error":
+        print(f"online-gim listen: error: {summary.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _recorder(path: Path):
+    from services.session import AudioRecorder
+
+    try:
+        return AudioRecorder(path)
+    except (OSError, RuntimeError, TypeError, ValueError) as error:  # soundfile's LibsndfileError is a RuntimeError
+        raise CliError(f"cannot record to {path}: {error}") from None
+
+
+def _side_service(args: argparse.Namespace, session, learner, config):
+    """Starts the HTTP service with a LiveBoard observing the session, unless ``--no-http``."""
+    if args.no_http:
+        return None
+    from services.live import LiveBoard
+
+    board = LiveBoard(source=session.summary.source, config=config.model_dump(mode="json"), phone_names=_phone_names(args))
+    board.attach_learner(learner)
+    board.attach_buffer(session.buffer)
+    service = service_options.start(args, board)  # raises CliError (address in use, no token, ...)
+    session.add_observer(board)
+    board.set_source_state(open=True)
+    print(f"online-gim listen: serving {service.url} (dashboard, /docs, /metrics)", file=sys.stderr)
+    return service
+
+
+def _configure_logging(console) -> None:
+    """Warnings (a skipped file, a lost device) on stderr: through rich on a terminal, so that they
+    print above the status line; plain lines otherwise."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    if console.is_terminal:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("online-gim listen: %(levelname)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+
+
+def _print_summary(d: dict[str, Any]) -> None:
+    def number(value: Any, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    losses = " ".join(number(v, ".3f") for v in d["final_loss"].values())
+    lines = [
+        f"stopped: {d['stop_reason']}   source: {d['source']}   schedule: {d['schedule']}",
+        f"windows {d['windows_processed']} (dropped {d['windows_dropped']}, non-finite {d['windows_skipped_nonfinite']})"
+        f"   audio {d['seconds_of_audio']:.1f} s in {d['wall_seconds']:.1f} s"
+        f"   samples in {d['samples_in']}, dropped {d['samples_dropped']}, remainder {d['samples_remainder']}"
+        f"   files skipped {d['files_skipped']}",
+        f"real-time factor {number(d['real_time_factor'], '.3f')}"
+        f"   module updates skipped {d['module_updates_skipped_fraction']:.1%}   final loss per module: {losses}",
+    ]
+    if d.get("device"):
+        dev = d["device"]
+        lines.append(
+            f"device {dev['device']!r} at {dev['input_rate']} Hz: overflows {d['overflows']}, "
+            f"lost {dev['device_losses']}x, reopened {dev['reopens']}x"
+        )
+    print("\n".join(lines))
