@@ -128,6 +128,28 @@ class OptimConfig(_Strict):
     grad_clip: float = Field(default=10.0, gt=0)
 
 
+class ProbeConfig(_Strict):
+    """The online linear probes (``online_gim.probes``) that read the learner's features.
+
+    Attributes:
+        module: which module's output they read; negative counts from the top (-1 = the top
+            module, the GRU's context c_t when there is one).
+        phone_classes: phone classes 0..phone_classes-1 (CPC/GIM labels: 41).
+        lr: Adam learning rate of the probes (one step per labelled window).
+        feature_momentum: weight of the newest window in the running per-channel mean and
+            variance that standardise the features before the probes.
+        accuracy_windows: the running accuracy counts the last this many labelled windows.
+        speaker_top: speakers listed (best first) in each window's readout.
+    """
+
+    module: int = -1
+    phone_classes: int = Field(default=41, gt=0)
+    lr: float = Field(default=1e-2, gt=0)
+    feature_momentum: float = Field(default=0.05, gt=0, le=1)
+    accuracy_windows: int = Field(default=100, gt=0)
+    speaker_top: int = Field(default=3, gt=0)
+
+
 class LearnerConfig(_Strict):
     """Everything the online learner needs.
 
@@ -140,6 +162,7 @@ class LearnerConfig(_Strict):
             RLL), ``round_robin``.
         input_momentum: weight of the newest window in the running input level statistics.
         seed: seeds initialisation, negative sampling and schedules.
+        probes: the online phone and speaker probes; ``None``: no probes.
     """
 
     window: int = Field(default=20480, gt=0)
@@ -151,6 +174,7 @@ class LearnerConfig(_Strict):
     loss: LossConfig = LossConfig()
     memory: MemoryConfig = MemoryConfig()
     optim: OptimConfig = OptimConfig()
+    probes: ProbeConfig | None = ProbeConfig()
 
     @model_validator(mode="after")
     def _check_sizes(self) -> LearnerConfig:
@@ -162,6 +186,12 @@ class LearnerConfig(_Strict):
                     f"a window of {self.window} samples leaves {frames} frames at conv module {index}, "
                     f"not more than prediction_steps={self.loss.prediction_steps}"
                 )
+        modules = len(self.encoder.convs) + (self.encoder.gru != "none")
+        if self.probes is not None and not -modules <= self.probes.module < modules:
+            raise ValueError(
+                f"probes.module must be in {-modules}..{modules - 1} (the stack has {modules} modules), "
+                f"got {self.probes.module}"
+            )
         if self.mode == "e2e" and self.encoder.gru == "eprop":
             raise ValueError("mode 'e2e' back-propagates through the whole stack: use gru 'bptt' or 'none'")
         return self

@@ -18,7 +18,8 @@ from online_gim.input_norm import InputNormalizer
 from online_gim.losses import LossParts, PredictionHead
 from online_gim.memory import NegativeMemory
 from online_gim.objective import LocalObjective
-from online_gim.report import ModuleReport, StepReport
+from online_gim.probes import OnlineProbes
+from online_gim.report import ModuleReport, ProbeReadout, StepReport
 from streams.window import FRAME_SAMPLES, AudioWindow
 
 
@@ -133,6 +134,7 @@ class OnlineLearner:
         self.steps = 0
         self.updates = 0
         self.windows_skipped_nonfinite = 0
+        self.probes = OnlineProbes(config.probes, config.encoder) if config.probes is not None else None
         self._round_robin = 0
 
     @property
@@ -191,12 +193,14 @@ class OnlineLearner:
         Returns:
             The :class:`StepReport` of this window.
         Raises:
-            ValueError: the window has the wrong shape.
+            ValueError: the window has the wrong shape, or phone labels the probes cannot use.
         """
         started = time.perf_counter()
         samples = window.samples
         if samples.dim() != 1 or samples.shape[0] != self.config.window:
             raise ValueError(f"window must be ({self.config.window},) samples, got {tuple(samples.shape)}")
+        if self.probes is not None:
+            self.probes.check(window)
         self.steps += 1
         if not bool(torch.isfinite(samples).all()):
             self.windows_skipped_nonfinite += 1
@@ -210,7 +214,13 @@ class OnlineLearner:
             module_reports, embeddings = self._step_greedy(x, context, scheduled)
         if any(report.updated for report in module_reports):
             self.updates += 1
-        return self._report(window, module_reports, embeddings, started, skipped=False)
+        # the probes read detached copies after the encoder's update: they never train the encoder
+        probes = self.probes.update(window, embeddings).readout if self.probes is not None else None
+        return self._report(window, module_reports, embeddings, started, skipped=False, probes=probes)
+
+    def probe_readout(self) -> ProbeReadout | None:
+        """The online probes' readout of the newest window; ``None`` without probes or before a window."""
+        return self.probes.readout if self.probes is not None else None
 
     def _report(
         self,
@@ -220,6 +230,7 @@ class OnlineLearner:
         started: float,
         *,
         skipped: bool,
+        probes: ProbeReadout | None = None,
     ) -> StepReport:
         return StepReport(
             step=self.steps,
@@ -230,6 +241,7 @@ class OnlineLearner:
             modules=tuple(modules),
             embeddings=tuple(embeddings),
             seconds=time.perf_counter() - started,
+            probes=probes,
         )
 
     def _step_greedy(
@@ -476,6 +488,8 @@ class OnlineLearner:
         }
         if self.config.mode == "e2e":
             state["e2e_optimizer"] = self._e2e_optimizer.state_dict()
+        if self.probes is not None:
+            state["probes"] = self.probes.state_dict()
         return state
 
     def _memory_owners(self) -> list[int]:
@@ -515,6 +529,8 @@ class OnlineLearner:
         self._rng.bit_generator.state = state["numpy_rng"]
         if self.config.mode == "e2e":
             self._e2e_optimizer.load_state_dict(state["e2e_optimizer"])
+        if self.probes is not None:
+            self.probes.load_state_dict(state["probes"])
 
 
 def _first_difference(a: LearnerConfig, b: LearnerConfig) -> str:

@@ -56,6 +56,8 @@ class StepReport:
         embeddings: per module, its ``(frames, channels)`` output on this window (detached,
             float32); empty when the window was skipped.
         seconds: wall-clock seconds of the whole step.
+        probes: what the learner's online probes read from this window (``None`` without probes
+            or when the window was skipped).
     """
 
     step: int
@@ -66,6 +68,7 @@ class StepReport:
     modules: tuple[ModuleReport, ...]
     embeddings: tuple[torch.Tensor, ...]
     seconds: float
+    probes: ProbeReadout | None = None
 
     @property
     def real_time_factor(self) -> float:
@@ -85,6 +88,7 @@ class ProbeReadout:
             ``(speaker_id, probability)`` pairs (empty until a speaker has been seen).
         phone_accuracy: running prequential (predict, then learn) phone accuracy, NaN before any label.
         speaker_accuracy: running prequential per-window speaker accuracy, NaN before any label.
+        speaker_frame_accuracy: the same per 10 ms frame, NaN before any label.
     """
 
     phone_top: torch.Tensor
@@ -93,3 +97,4 @@ class ProbeReadout:
     speaker_top: tuple[tuple[str, float], ...]
     phone_accuracy: float
     speaker_accuracy: float
+    speaker_frame_accuracy: float = float("nan")

@@ -1,0 +1,158 @@
+"""Frozen features of a split's utterances at the 10 ms label rate, with their phone and speaker labels.
+
+An *encoder* here is any function from an utterance's ``(n,)`` float32 audio (16 kHz) to a list of
+``(n // 160, C_m)`` tensors, one per module, frame ``f`` describing samples ``[160 f, 160 f + 160)``:
+:func:`learner_encoder` (a frozen :class:`~online_gim.learner.OnlineLearner`, each module brought to
+the label rate by :func:`online_gim.probes.to_label_frames`) or :func:`mfcc_encoder`. Phone labels
+come from the corpus (aligned to the end of the audio, :func:`streams.chunk.expand_frame_labels`)
+and are read at each frame's centre sample (:func:`streams.chunk.frame_labels_of`).
+
+To bound memory and probe-fitting time, at most about ``max_frames`` frames per split are kept
+(a seeded random subset of frames, the same for every module). The per-utterance mean feature of
+every module is taken over all of the utterance's frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile
+import torch
+
+from online_gim.learner import OnlineLearner
+from online_gim.probes import frame_grids, to_label_frames
+from streams.chunk import frame_labels_of
+from streams.corpora.librispeech import Utterance
+from streams.window import FRAME_SAMPLES, SAMPLE_RATE
+
+Encoder = Callable[[np.ndarray], list[torch.Tensor]]
+"""``(n,)`` float32 audio at 16 kHz -> per module ``(n // 160, C_m)`` float32 features."""
+
+MFCC_COEFFICIENTS = 13
+"""MFCCs per frame; :func:`mfcc_encoder` appends their deltas and delta-deltas (39 features)."""
+
+
+@dataclass(frozen=True)
+class SplitFeatures:
+    """Features and labels of one split.
+
+    Attributes:
+        frames: per module, ``(N, C_m)`` float32 features of the kept frames (the same frames for
+            every module).
+        phones: ``(N,)`` int64 phone class of each kept frame, -1 where unknown.
+        speakers: ``(N,)`` int64 index of each kept frame's speaker in the speaker list given to
+            :func:`extract_features`, -1 for a speaker not in it.
+        utterance_means: per module, ``(U, C_m)`` mean feature of each utterance (all its frames).
+        utterance_speakers: ``(U,)`` int64 speaker index of each utterance, -1 if not in the list.
+        seconds: seconds of audio encoded.
+    """
+
+    frames: tuple[torch.Tensor, ...]
+    phones: torch.Tensor
+    speakers: torch.Tensor
+    utterance_means: tuple[torch.Tensor, ...]
+    utterance_speakers: torch.Tensor
+    seconds: float
+
+
+def learner_encoder(learner: OnlineLearner, modules: Sequence[int] | None = None) -> Encoder:
+    """Encodes with the learner's :meth:`~online_gim.learner.OnlineLearner.embed` (no state change).
+
+    Args:
+        learner: the (frozen) learner.
+        modules: which modules to return, bottom = 0; default all.
+    """
+    grids = frame_grids(learner.config.encoder)
+    chosen = list(range(learner.num_modules)) if modules is None else list(modules)
+
+    def encode(audio: np.ndarray) -> list[torch.Tensor]:
+        outputs = learner.embed(torch.from_numpy(audio))
+        return [to_label_frames(outputs[m], grids[m], audio.shape[0] // FRAME_SAMPLES) for m in chosen]
+
+    return encode
+
+
+def mfcc_encoder() -> Encoder:
+    """13 MFCCs + deltas + delta-deltas (39 features) per 10 ms frame, as one "module".
+
+    torchaudio's MFCC with a 25 ms window (400 samples), 10 ms hop and 40 mel bands; the first 80
+    samples are skipped so that the centred frame ``f`` sits exactly on label frame ``f``'s centre.
+    """
+    import torchaudio
+
+    transform = torchaudio.transforms.MFCC(
+        SAMPLE_RATE,
+        n_mfcc=MFCC_COEFFICIENTS,
+        melkwargs={"n_fft": 400, "win_length": 400, "hop_length": FRAME_SAMPLES, "n_mels": 40, "center": True},
+    )
+
+    def encode(audio: np.ndarray) -> list[torch.Tensor]:
+        mfcc = transform(torch.from_numpy(audio[FRAME_SAMPLES // 2 :]))
+        delta = torchaudio.functional.compute_deltas(mfcc)
+        features = torch.cat([mfcc, delta, torchaudio.functional.compute_deltas(delta)]).T
+        return [features[: audio.shape[0] // FRAME_SAMPLES].contiguous()]
+
+    return encode
+
+
+def _label_frames(utterance: Utterance) -> int:
+    """Label frames of an utterance at 16 kHz, from its file header (no decoding)."""
+    info = soundfile.info(str(utterance.path))
+    return info.frames * SAMPLE_RATE // info.samplerate // FRAME_SAMPLES
+
+
+def extract_features(
+    utterances: Sequence[Utterance],
+    encode: Encoder,
+    *,
+    speakers: Sequence[str],
+    max_frames: int,
+    seed: int,
+) -> SplitFeatures:
+    """Encodes every utterance and keeps about ``max_frames`` of their frames (module docstring).
+
+    Args:
+        utterances: the split.
+        encode: the encoder.
+        speakers: the speaker classes (an utterance of another speaker gets index -1).
+        max_frames: frames to keep at most (about: each frame is kept with probability
+            ``max_frames / total``).
+        seed: seeds the choice of frames.
+    Raises:
+        ValueError: no utterance is long enough for one 10 ms frame.
+    """
+    index = {speaker: i for i, speaker in enumerate(speakers)}
+    total = sum(_label_frames(u) for u in utterances)
+    keep_probability = min(1.0, max_frames / total) if total else 1.0
+    rng = np.random.default_rng(seed)
+    kept: list[list[torch.Tensor]] = []
+    means: list[list[torch.Tensor]] = []
+    phones, frame_speakers, utterance_speakers = [], [], []
+    seconds = 0.0
+    for utterance in utterances:
+        audio = utterance.load()
+        frames = audio.shape[0] // FRAME_SAMPLES
+        if frames == 0:
+            continue
+        seconds += audio.shape[0] / SAMPLE_RATE
+        features = encode(audio)
+        keep = torch.from_numpy(rng.random(frames) < keep_probability)
+        kept.append([f[keep] for f in features])
+        means.append([f.mean(dim=0) for f in features])
+        labels = frame_labels_of(utterance.sample_phones(audio.shape[0])).astype(np.int64)
+        phones.append(torch.from_numpy(labels)[keep])
+        speaker = index.get(utterance.speaker, -1)
+        frame_speakers.append(torch.full((int(keep.sum()),), speaker, dtype=torch.long))
+        utterance_speakers.append(speaker)
+    if not kept:
+        raise ValueError("no utterance holds a whole 10 ms frame")
+    return SplitFeatures(
+        frames=tuple(torch.cat(module) for module in zip(*kept)),
+        phones=torch.cat(phones),
+        speakers=torch.cat(frame_speakers),
+        utterance_means=tuple(torch.stack(module) for module in zip(*means)),
+        utterance_speakers=torch.tensor(utterance_speakers, dtype=torch.long),
+        seconds=seconds,
+    )

@@ -1,0 +1,191 @@
+"""Offline linear evaluation: split, probe fitting, MFCC alignment, and `online-gim eval` end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from online_gim.evaluation.features import mfcc_encoder
+from online_gim.evaluation.linear_probe import fit_and_score
+from online_gim.evaluation.methods import resolve_methods
+from online_gim.evaluation.run import Evaluation, EvaluationSettings
+from online_gim.evaluation.split import PER_SPEAKER, SPLIT_FILES, split_corpus
+from services.cli import main
+from streams.corpora.librispeech import LibriSpeechCorpus
+
+MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech-mini"
+MINI_LABELS = MINI / "LibriSpeech100_labels_split"
+requires_mini = pytest.mark.skipif(not MINI.is_dir(), reason=f"{MINI} is not there")
+
+TINY_PRESET = """\
+window: 5120
+encoder:
+  convs:
+    - {channels: 16, kernel: 10, stride: 5, padding: 2}
+    - {channels: 16, kernel: 8, stride: 4, padding: 2}
+    - {channels: 16, kernel: 4, stride: 2, padding: 2}
+    - {channels: 16, kernel: 4, stride: 2, padding: 1}
+  gru_hidden: 8
+loss: {prediction_steps: 4, subwindow: 32}
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Small tensors: one thread is faster on a loaded machine, and results do not depend on the core count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_presets(tmp_path) -> Path:
+    """A presets folder whose `random` and `clapp_eprop` are a tiny stack (4 x 16 channels + GRU 8)."""
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    for name in ("random", "clapp_eprop"):
+        (folder / f"{name}.yaml").write_text(TINY_PRESET)
+    return folder
+
+
+# ------------------------------------------------------------------------------------ pieces
+
+
+@requires_mini
+def test_without_split_files_each_speaker_is_split_80_20_and_lone_utterances_train():
+    corpus = LibriSpeechCorpus(MINI, MINI_LABELS)
+    split = split_corpus(corpus, seed=0)
+    assert split.kind == PER_SPEAKER
+    assert {u.id for u in split.train} | {u.id for u in split.test} == {u.id for u in corpus}
+    assert not {u.id for u in split.train} & {u.id for u in split.test}
+    per_speaker = {s: [u.speaker for u in corpus].count(s) for s in corpus.speakers}
+    tested = {s: [u.speaker for u in split.test].count(s) for s in corpus.speakers}
+    assert tested == {s: (1 if n >= 2 else 0) for s, n in per_speaker.items()}  # round(0.2 n) >= 1 for n in 2..3
+    assert split.speakers == corpus.speakers
+    assert split_corpus(corpus, seed=0) == split
+    others = [split_corpus(corpus, seed=s) for s in range(1, 6)]
+    assert any(other.test != split.test for other in others)
+
+
+@requires_mini
+def test_split_files_decide_when_present(tmp_path):
+    labels = tmp_path / "labels"
+    shutil.copytree(MINI_LABELS, labels)
+    (labels / "train_split.txt").write_text("4051-11218-0044\n2412-153948-0000\n")
+    (labels / "test_split.txt").write_text("2412-153948-0001\n")
+    split = split_corpus(LibriSpeechCorpus(MINI, labels), seed=0)
+    assert split.kind == SPLIT_FILES
+    assert [u.id for u in split.train] == ["2412-153948-0000", "4051-11218-0044"]
+    assert [u.id for u in split.test] == ["2412-153948-0001"]
+    (labels / "test_split.txt").write_text("\n")
+    with pytest.raises(ValueError, match="leaves 2 for train and 0 for test"):
+        split_corpus(LibriSpeechCorpus(MINI, labels), seed=0)
+
+
+def test_linear_probe_separates_separable_classes_and_counts_unseen_classes_wrong():
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((3, 8)) * 4
+    y = np.repeat(np.arange(3), 50)
+    x = torch.from_numpy((centres[y] + rng.standard_normal((150, 8))).astype(np.float32))
+    y_test = torch.tensor([0, 1, 2, 7, -1])
+    x_test = torch.from_numpy(np.concatenate([centres, centres[:2]]).astype(np.float32))
+    labels = torch.from_numpy(y)
+    labels[:5] = -1  # unknown labels are left out of the fit
+    result = fit_and_score(x, labels, x_test, y_test)
+    assert (result.accuracy, result.train_samples, result.test_samples, result.classes) == (0.75, 145, 4, 3)
+    assert fit_and_score(x, labels, x_test, y_test) == result  # deterministic
+    assert fit_and_score(x, torch.full((150,), -1), x_test, y_test) is None
+
+
+def test_mfcc_frames_sit_on_the_label_frames():
+    """A click at the centre of label frame 40 peaks the energy coefficient of frame 40, not its neighbours."""
+    audio = np.zeros(160 * 100 + 37, dtype=np.float32)
+    audio[160 * 40 + 80] = 1.0
+    (features,) = mfcc_encoder()(audio)
+    assert features.shape == (100, 39)
+    assert int(features[:, 0].argmax()) == 40
+    assert features[40, 0] > features[39, 0] + 1e-3 and features[40, 0] > features[41, 0] + 1e-3
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+
+@requires_mini
+@pytest.mark.slow
+def test_eval_on_librispeech_mini_end_to_end(tmp_path, tiny_presets, capsys):
+    """The CLI on real speech, with a label folder whose split files put one labelled utterance in test."""
+    labels = tmp_path / "labels"
+    shutil.copytree(MINI_LABELS, labels)
+    test_ids = ["2412-153948-0001", "2911-12359-0007", "4397-15668-0007", "5678-43303-0032"]
+    train_ids = [u.id for u in LibriSpeechCorpus(MINI) if u.id not in test_ids]
+    (labels / "train_split.txt").write_text("\n".join(train_ids) + "\n")
+    (labels / "test_split.txt").write_text("\n".join(test_ids) + "\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    code = main([
+        "eval", "--corpus", str(MINI), "--labels", str(labels), "--methods", "random,mfcc,clapp_eprop",
+        "--train-minutes", "0.1", "--presets", str(tiny_presets), "--max-frames", "4000", "--curve-points", "2",
+        "--json", str(out / "eval.json"), "--markdown", str(out / "eval.md"), "--plot", str(out / "eval.png"),
+    ])
+    assert code == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert list(report["methods"]) == ["random", "mfcc", "clapp_eprop"]
+    corpus = report["corpus"]
+    assert (corpus["split"], corpus["train_utterances"], corpus["test_utterances"]) == ("split files", 8, 4)
+    assert (corpus["labelled_train_utterances"], corpus["labelled_test_utterances"]) == (1, 1)
+    assert corpus["test_utterances_of_unseen_speakers"] == 1 and corpus["phone_probe"] == "measured"
+    for name, method in report["methods"].items():
+        for key in ("phone_acc", "speaker_acc_frame", "speaker_acc_utt"):
+            assert 0.0 <= method[key] <= 1.0, (name, key)
+        assert method["phone_acc"] > 0.05  # 35 classes in the labels
+        assert method["speaker_acc_frame"] > 1 / 7  # 7 speakers in train; 2911 is unseen and left out
+    learned = report["methods"]["clapp_eprop"]
+    assert [m["module"] for m in learned["per_module"]] == [0, 1, 2, 3, 4]
+    assert learned["phone_acc"] == learned["per_module"][-1]["phone_acc"]
+    assert learned["train_seconds_audio"] == pytest.approx(6.08)  # 19 windows of 5120 samples >= 6 s
+    assert [round(p["minutes"], 3) for p in learned["learning_curve"]] == [0.053, 0.101]  # 10 and 19 windows
+    assert report["methods"]["mfcc"]["per_module"] == [] and "learning_curve" not in report["methods"]["random"]
+    markdown = (out / "eval.md").read_text()
+    assert "| CLAPP with e-prop GRU (`clapp_eprop`) | yes |" in markdown and markdown in capsys.readouterr().out
+    assert (out / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@requires_mini
+@pytest.mark.slow
+def test_eval_is_deterministic_for_a_seed_and_reports_speakers_without_split_files(tiny_presets):
+    corpus = LibriSpeechCorpus(MINI, MINI_LABELS)
+
+    def run(seed: int) -> dict:
+        settings = EvaluationSettings(train_minutes=0.05, seed=seed, max_frames=3000, curve_points=2)
+        methods = resolve_methods(["mfcc", "clapp_eprop"], seed=seed, presets=tiny_presets)
+        report = Evaluation(corpus, settings).run(methods).to_dict()
+        for method in report["methods"].values():
+            del method["wall_seconds"]
+        return report
+
+    first, second, other = run(0), run(0), run(1)
+    assert first == second
+    assert first != other
+    assert first["corpus"]["split"] == "80/20 per speaker"
+    assert first["corpus"]["phone_probe"] == "not measured: no utterance of the test split has phone labels"
+    for method in first["methods"].values():
+        assert method["phone_acc"] is None and method["speaker_acc_frame"] > 1 / 8
+
+
+def test_cli_refuses_bad_input_with_one_sentence(tmp_path, capsys):
+    assert main(["eval", "--corpus", str(tmp_path / "none"), "--json", str(tmp_path / "x.json")]) == 2
+    assert "--corpus" in capsys.readouterr().err
+    assert main(["eval", "--corpus", str(tmp_path), "--methods", "nope", "--json", str(tmp_path / "x.json")]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    assert main(["eval", "--corpus", str(tmp_path), "--methods", "mfcc", "--json", str(tmp_path / "x.json")]) == 2
+    assert "no utterances" in capsys.readouterr().err
+    assert main(["eval", "--corpus", str(tmp_path), "--train-minutes", "0", "--json", str(tmp_path / "x.json")]) == 2
+    assert main(["eval", "--corpus", str(tmp_path), "--json", str(tmp_path / "missing" / "x.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
