@@ -131,7 +131,7 @@ def test_listen_records_and_learns_the_signal_played_into_the_microphone(virtmic
     try:
         time.sleep(0.5)
         result = subprocess.run(
-            [*LISTEN, "--source", "mic", "--device", "pulse", "--duration", "3", "--no-http", "--quiet",
+            [*LISTEN, "--source", "mic", "--device", "pulse", "--duration", "3", "--no-http", "--quiet", "--schedule", "all",
              "--config", str(config), "--record", str(tmp_path / "heard.wav"),
              "--summary-json", str(tmp_path / "summary.json")],
             env=virtmic.env, capture_output=True, text=True, timeout=180, cwd=ROOT,
