@@ -33,3 +33,25 @@ def synth_corpus(tmp_path_factory: pytest.TempPathFactory):
 def synth_corpus_dir(synth_corpus) -> Path:
     """Root folder of the session's small synthetic corpus (see ``synth_corpus``); labels in ``<root>/labels``."""
     return Path(synth_corpus.root)
+
+
+SMALL_LEARNER_YAML = """
+encoder:
+  convs:
+    - {channels: 32, kernel: 10, stride: 5, padding: 2}
+    - {channels: 32, kernel: 8, stride: 4, padding: 2}
+    - {channels: 32, kernel: 4, stride: 2, padding: 2}
+    - {channels: 32, kernel: 4, stride: 2, padding: 2}
+    - {channels: 32, kernel: 4, stride: 2, padding: 1}
+  gru_hidden: 32
+memory: {capacity: 256, writes_per_window: 32}
+"""
+"""A small learner for fast command-line tests: the GIM audio stack with 32 channels (20480-sample windows)."""
+
+
+@pytest.fixture(scope="session")
+def small_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A YAML preset of a small learner (``SMALL_LEARNER_YAML``) for ``online-gim listen --config``."""
+    path = tmp_path_factory.mktemp("config") / "small.yaml"
+    path.write_text(SMALL_LEARNER_YAML)
+    return path

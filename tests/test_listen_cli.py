@@ -26,30 +26,12 @@ AUDIO = MINI / "LibriSpeech"
 LABELS = MINI / "LibriSpeech100_labels_split"
 LISTEN = [sys.executable, "-c", "import sys; from services.cli import main; sys.exit(main())", "listen"]
 WINDOW = 20480
-SMALL_CONFIG = """
-encoder:
-  convs:
-    - {channels: 32, kernel: 10, stride: 5, padding: 2}
-    - {channels: 32, kernel: 8, stride: 4, padding: 2}
-    - {channels: 32, kernel: 4, stride: 2, padding: 2}
-    - {channels: 32, kernel: 4, stride: 2, padding: 2}
-    - {channels: 32, kernel: 4, stride: 2, padding: 1}
-  gru_hidden: 32
-memory: {capacity: 256, writes_per_window: 32}
-"""
 SUMMARY_KEYS = {
     "windows_processed", "samples_in", "samples_dropped", "windows_skipped_nonfinite", "files_skipped",
     "seconds_of_audio", "wall_seconds", "final_loss", "module_updates_skipped_fraction", "real_time_factor",
 }
 
 pytestmark = pytest.mark.skipif(not AUDIO.is_dir(), reason=f"shared LibriSpeech mini not found at {AUDIO}")
-
-
-@pytest.fixture(scope="module")
-def small_config(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("config") / "small.yaml"
-    path.write_text(SMALL_CONFIG)
-    return path
 
 
 def listen(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

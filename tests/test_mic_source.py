@@ -29,17 +29,6 @@ LISTEN = [sys.executable, "-c", "import sys; from services.cli import main; sys.
 TONES = (440.0, 2500.0)
 """The test signal: two tones, so that a wrong resampling ratio would move both peaks."""
 AMPLITUDES = (0.4, 0.2)
-SMALL_CONFIG = """
-encoder:
-  convs:
-    - {channels: 32, kernel: 10, stride: 5, padding: 2}
-    - {channels: 32, kernel: 8, stride: 4, padding: 2}
-    - {channels: 32, kernel: 4, stride: 2, padding: 2}
-    - {channels: 32, kernel: 4, stride: 2, padding: 2}
-    - {channels: 32, kernel: 4, stride: 2, padding: 1}
-  gru_hidden: 32
-memory: {capacity: 256, writes_per_window: 32}
-"""
 
 
 def peak_frequencies(x: np.ndarray, count: int, rate: int = 16_000) -> list[float]:
@@ -124,15 +113,13 @@ def tone_file(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_listen_records_and_learns_the_signal_played_into_the_microphone(virtmic, tone_file, tmp_path):
-    config = tmp_path / "small.yaml"
-    config.write_text(SMALL_CONFIG)
+def test_listen_records_and_learns_the_signal_played_into_the_microphone(virtmic, tone_file, tmp_path, small_config):
     player = virtmic.play(tone_file)
     try:
         time.sleep(0.5)
         result = subprocess.run(
             [*LISTEN, "--source", "mic", "--device", "pulse", "--duration", "3", "--no-http", "--quiet", "--schedule", "all",
-             "--config", str(config), "--record", str(tmp_path / "heard.wav"),
+             "--config", str(small_config), "--record", str(tmp_path / "heard.wav"),
              "--summary-json", str(tmp_path / "summary.json")],
             env=virtmic.env, capture_output=True, text=True, timeout=180, cwd=ROOT,
         )
