@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,27 +14,12 @@ from online_gim.config import LearnerConfig
 from online_gim.conv import ConvModule
 from online_gim.eprop import EligibilityTraces, StopGradientGRU
 from online_gim.input_norm import InputNormalizer
-from online_gim.losses import LossParts, PredictionHead
+from online_gim.local_update import LocalStage, ModuleSchedule, apply_local_loss, module_report, step_optimizer
+from online_gim.losses import LossParts
 from online_gim.memory import NegativeMemory
-from online_gim.objective import LocalObjective
 from online_gim.probes import OnlineProbes
 from online_gim.report import ModuleReport, ProbeReadout, StepReport
 from streams.window import FRAME_SAMPLES, AudioWindow
-
-
-@dataclass
-class _Stage:
-    """A module with everything that trains it: head, memory, objective and optimiser.
-
-    ``stride``: input samples per output frame of this module (cumulative).
-    """
-
-    module: nn.Module
-    head: PredictionHead
-    memory: NegativeMemory
-    objective: LocalObjective
-    optimizer: torch.optim.Optimizer
-    stride: int
 
 
 class _LossTotals:
@@ -105,7 +89,7 @@ class OnlineLearner:
         self._generator = torch.Generator().manual_seed(config.seed)
         self._rng = np.random.default_rng(config.seed)
         self.input_norm = InputNormalizer(momentum=config.input_momentum)
-        self.stages: list[_Stage] = []
+        self.stages: list[LocalStage] = []
         in_channels, stride = 1, 1
         for index, layer in enumerate(config.encoder.convs):
             module = ConvModule(in_channels, layer, norm=config.encoder.norm, momentum=config.encoder.norm_momentum)
@@ -135,24 +119,18 @@ class OnlineLearner:
         self.updates = 0
         self.windows_skipped_nonfinite = 0
         self.probes = OnlineProbes(config.probes, config.encoder) if config.probes is not None else None
-        self._round_robin = 0
+        self._schedule = ModuleSchedule("all" if config.mode == "e2e" else config.schedule, len(self.stages), self._rng)
 
     @property
     def _exclusion_frames(self) -> int:
         memory = self.config.memory
         return memory.exclusion_frames if memory.exclusion_frames is not None else self.config.loss.prediction_steps
 
-    def _stage(self, module: nn.Module, context_dim: int, target_dim: int, memory: NegativeMemory, stride: int) -> _Stage:
-        head = PredictionHead(
-            context_dim,
-            target_dim,
-            self.config.loss.prediction_steps,
-            split=self.config.loss.split_prediction,
-            generator=self._generator,
+    def _stage(self, module: nn.Module, context_dim: int, target_dim: int, memory: NegativeMemory, stride: int) -> LocalStage:
+        return LocalStage.build(
+            module, context_dim=context_dim, target_dim=target_dim, memory=memory, stride=stride,
+            loss=self.config.loss, memory_config=self.config.memory, optim=self.config.optim, generator=self._generator,
         )
-        objective = LocalObjective(self.config.loss, self.config.memory, head, memory, self._generator)
-        optimizer = torch.optim.Adam([*module.parameters(), *head.parameters()], lr=self.config.optim.lr)
-        return _Stage(module, head, memory, objective, optimizer, stride)
 
     @property
     def num_modules(self) -> int:
@@ -166,19 +144,7 @@ class OnlineLearner:
     # ------------------------------------------------------------------ schedules
 
     def _scheduled(self, modules: Sequence[int] | None) -> set[int]:
-        count = self.num_modules
-        if modules is not None:
-            chosen = set(int(m) for m in modules)
-            if not chosen <= set(range(count)):
-                raise ValueError(f"modules must be in 0..{count - 1}, got {sorted(chosen)}")
-            return chosen
-        if self.config.mode == "e2e" or self.config.schedule == "all":
-            return set(range(count))
-        if self.config.schedule == "random":
-            return {int(self._rng.integers(count))}
-        chosen = {self._round_robin % count}
-        self._round_robin += 1
-        return chosen
+        return self._schedule.choose(modules)
 
     # ------------------------------------------------------------------ the step
 
@@ -266,20 +232,9 @@ class OnlineLearner:
         return reports, embeddings
 
     def _module_report(self, index: int, parts: LossParts | None, frames: torch.Tensor, started: float) -> ModuleReport:
-        nan = float("nan")
-        return ModuleReport(
-            module=index,
-            updated=parts is not None and math.isfinite(float(parts.loss.detach())),
-            loss=float(parts.loss.detach()) if parts is not None else nan,
-            loss_pos=parts.loss_pos if parts is not None else nan,
-            loss_neg=parts.loss_neg if parts is not None else nan,
-            chance_loss=parts.chance if parts is not None else nan,
-            active_fraction=parts.active_fraction if parts is not None else nan,
-            dead_fraction=float((frames.amax(dim=0) <= 0).float().mean()),
-            seconds=time.perf_counter() - started,
-        )
+        return module_report(index, parts, frames, started)
 
-    def _remember(self, stage: _Stage, frames: torch.Tensor, context: _WindowContext) -> None:
+    def _remember(self, stage: LocalStage, frames: torch.Tensor, context: _WindowContext) -> None:
         """Writes a random subset of the window's ``(T, C)`` encodings into the stage's memory."""
         count = min(self.config.memory.writes_per_window, frames.shape[0])
         chosen = np.sort(self._rng.choice(frames.shape[0], size=count, replace=False))
@@ -303,27 +258,15 @@ class OnlineLearner:
         first = int(self._rng.integers(0, frames - steps - count + 1))
         return first, count
 
-    def _apply(self, stage: _Stage, parts: LossParts | None) -> LossParts | None:
+    def _apply(self, stage: LocalStage, parts: LossParts | None) -> LossParts | None:
         """Back-propagates a local loss within the stage and steps its optimiser."""
-        if parts is None or not bool(torch.isfinite(parts.loss)):
-            stage.optimizer.zero_grad(set_to_none=True)
-            return parts
-        parts.loss.backward()
-        self._step_optimizer(stage.optimizer)
-        return parts
+        return apply_local_loss(stage.optimizer, parts, self.config.optim.grad_clip)
 
     def _step_optimizer(self, optimizer: torch.optim.Optimizer) -> bool:
-        """Clips the gradient norm and steps, unless the gradient is not finite (then the
-        weights stay as they are). Returns whether it stepped."""
-        parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(parameters, self.config.optim.grad_clip)
-        finite = bool(torch.isfinite(norm))
-        if finite:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return finite
+        """Clips the gradient norm and steps, unless the gradient is not finite. Returns whether it stepped."""
+        return step_optimizer(optimizer, self.config.optim.grad_clip)
 
-    def _update_conv(self, stage: _Stage, inputs: torch.Tensor, frames: int, context: _WindowContext) -> LossParts | None:
+    def _update_conv(self, stage: LocalStage, inputs: torch.Tensor, frames: int, context: _WindowContext) -> LossParts | None:
         first, count = self._anchors(frames)
         steps = self.config.loss.prediction_steps
         recomputed = stage.module.forward_frames(inputs, first, first + count + steps)[0].T  # (count + K, C)
@@ -333,7 +276,7 @@ class OnlineLearner:
         return self._apply(stage, parts)
 
     def _run_gru(
-        self, stage: _Stage, inputs: torch.Tensor, context: _WindowContext, *, learn: bool
+        self, stage: LocalStage, inputs: torch.Tensor, context: _WindowContext, *, learn: bool
     ) -> tuple[torch.Tensor, LossParts | None]:
         """Runs (and if ``learn``, trains) the GRU on the top conv module's ``(T, C)`` output."""
         inputs = inputs.detach()
@@ -351,7 +294,7 @@ class OnlineLearner:
         return states.detach(), self._apply(stage, parts)
 
     def _run_eprop(
-        self, stage: _Stage, inputs: torch.Tensor, context: _WindowContext, *, learn: bool
+        self, stage: LocalStage, inputs: torch.Tensor, context: _WindowContext, *, learn: bool
     ) -> tuple[torch.Tensor, LossParts | None]:
         """E-prop: chunk by chunk, forward the GRU, score the chunk's anchors (their targets
         ``z_{t+k}`` are known inputs), and turn ``dLoss/dh_t`` into weight gradients through the
@@ -481,7 +424,7 @@ class OnlineLearner:
                 "steps": self.steps,
                 "updates": self.updates,
                 "windows_skipped_nonfinite": self.windows_skipped_nonfinite,
-                "round_robin": self._round_robin,
+                "round_robin": self._schedule.round_robin,
             },
             "torch_generator": self._generator.get_state(),
             "numpy_rng": self._rng.bit_generator.state,
@@ -524,7 +467,7 @@ class OnlineLearner:
         self.steps = int(counters["steps"])
         self.updates = int(counters["updates"])
         self.windows_skipped_nonfinite = int(counters["windows_skipped_nonfinite"])
-        self._round_robin = int(counters["round_robin"])
+        self._schedule.round_robin = int(counters["round_robin"])
         self._generator.set_state(state["torch_generator"])
         self._rng.bit_generator.state = state["numpy_rng"]
         if self.config.mode == "e2e":

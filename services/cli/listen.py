@@ -6,6 +6,8 @@ Examples::
     online-gim listen --source librispeech --root ../shared/data/librispeech-mini/LibriSpeech \\
         --labels ../shared/data/librispeech-mini/LibriSpeech100_labels_split --speed max
     online-gim listen --source file --path talk.mp3 --speed 2
+    online-gim listen --source video --path clip.mp4 --speed max --loop --max-windows 100
+    online-gim listen --source av --path clip.mp4          # audio and video learners, one decoder
     online-gim listen --source mic --device pulse --duration 60 --summary-json run.json
     online-gim listen --list-devices
 
@@ -26,10 +28,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from services.cli import CliError, service_options
+from services.cli import CliError, listen_video, service_options
 from services.cli import state as state_options
 
-SOURCES = ("synth", "librispeech", "file", "mic")
+SOURCES = ("synth", "librispeech", "file", "mic", "video", "av")
 SCHEDULES = ("auto", "all", "random", "round_robin")
 
 log = logging.getLogger("online_gim.listen")
@@ -55,10 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="librispeech/synth: only the utterances of this split of the label folder")
     source.add_argument("--order", choices=("sorted", "shuffle"), default=None,
                         help="utterance order (default: sorted for librispeech, shuffled by --seed for synth)")
-    source.add_argument("--path", default=None, metavar="FILE|URL", help="file: any audio file or URL FFmpeg opens")
+    source.add_argument("--path", default=None, metavar="FILE|URL", help="file: any audio file or URL FFmpeg opens; video: a video file or URL; av: a file with audio and video")
     source.add_argument("--speed", default="1.0", metavar="1.0|N|max",
                         help="replay pace in multiples of real time; max = as fast as the learner goes, nothing dropped (default: 1.0)")
-    source.add_argument("--loop", action="store_true", help="librispeech/file: start over at the end (synth always loops)")
+    source.add_argument("--loop", action="store_true", help="librispeech/file/video/av: start over at the end (synth always loops)")
     source.add_argument("--device", default=None, metavar="NAME|INDEX",
                         help="mic: input device (default: the system's default input)")
     source.add_argument("--list-devices", action="store_true", help="list the audio input devices and exit")
@@ -84,6 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--record", type=Path, default=None, metavar="FILE.wav",
                      help="also write the audio the learner processed (16 kHz mono) to this file")
     run.add_argument("--quiet", action="store_true", help="no live status line and no printed summary")
+    listen_video.add_arguments(parser)
     service_options.add_arguments(parser)
     state_options.add_listen_arguments(parser)
     parser.set_defaults(func=run_listen)
@@ -160,6 +163,8 @@ def _source(args: argparse.Namespace, start=None):
             return FileSource(args.path, speed=_speed(args), loop=args.loop)
         except (FileNotFoundError, AudioFileError) as error:
             raise CliError(str(error)) from None
+    if args.source == "av":
+        return listen_video.av_source(args, _speed(args))
     if args.source == "librispeech":
         from streams.sources.librispeech import LibriSpeechReplay
 
@@ -293,6 +298,14 @@ def run_listen(args: argparse.Namespace) -> int:
 
 
 def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: bool) -> int:
+    if args.source == "video":
+        document, failed = listen_video.listen_video(args, signals, _speed(args))
+        _write_summary(args, document)
+        if not args.quiet:
+            listen_video.print_summary(document)
+        if failed:
+            print(f"online-gim listen: error: {document['video_error']}", file=sys.stderr)
+        return 1 if failed else 0
     config, schedule = _learner_config(args)
     if args.hop is not None and not 0 < args.hop <= config.window:
         raise CliError(f"--hop must be between 1 and the window ({config.window})")
@@ -338,7 +351,8 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
         if state is not None:
             state.close()
         raise
-    signals.session = session
+    video = listen_video.BesideAudio(args, source, session).start() if args.source == "av" else None
+    signals.session = video or session
     from streams.sources.mic import MicrophoneUnavailable
 
     try:
@@ -349,20 +363,28 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
         if service is not None:
             service.stop()
     document = summary.to_dict()
+    if video is not None:
+        document.update(video.finish())
     if state is not None:
         document.update(state.summary_fields())
+    _write_summary(args, document)
+    if not args.quiet:
+        _print_summary(document)
+        if video is not None:
+            listen_video.print_summary(document)
+    if summary.stop_reason == "source_error":
+        print(f"online-gim listen: error: {summary.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _write_summary(args: argparse.Namespace, document: dict[str, Any]) -> None:
     if args.summary_json is not None:
         try:
             args.summary_json.parent.mkdir(parents=True, exist_ok=True)
             args.summary_json.write_text(json.dumps(document, indent=2) + "\n")
         except OSError as error:
             raise CliError(f"cannot write the summary to {args.summary_json}: {error.strerror or error}") from None
-    if not args.quiet:
-        _print_summary(document)
-    if summary.stop_reason == "source_error":
-        print(f"online-gim listen: error: {summary.error}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def _recorder(path: Path):

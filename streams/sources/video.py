@@ -46,6 +46,28 @@ class VideoFrame:
     index: int
 
 
+def to_video_frame(
+    frame, *, index: int, frame_rate: float | None, size: tuple[int, int] | None, gray: bool
+) -> VideoFrame:
+    """One decoded PyAV ``av.VideoFrame`` as a :class:`VideoFrame`.
+
+    Args:
+        frame: the decoded frame.
+        index: its number in decoding order.
+        frame_rate: the track's frame rate, for the time of a frame without timestamp (``index /
+            frame_rate``; the index itself when the rate is unknown too).
+        size: ``(height, width)`` to scale to (FFmpeg's scaler), or ``None`` for the native size.
+        gray: one luminance channel instead of RGB.
+    """
+    rate = frame_rate or 0.0
+    pts = frame.time if frame.time is not None else (index / rate if rate else float(index))
+    height, width = size or (None, None)
+    array = frame.to_ndarray(width=width, height=height, format="gray" if gray else "rgb24")
+    image = torch.from_numpy(np.ascontiguousarray(array)).to(torch.float32).div_(255.0)
+    image = image.unsqueeze(0) if gray else image.permute(2, 0, 1).contiguous()
+    return VideoFrame(image=image, pts=float(pts), index=index)
+
+
 class VideoFrameSource:
     """The frames of a video file, URL or camera device.
 
@@ -122,19 +144,12 @@ class VideoFrameSource:
         try:
             stream = container.streams.video[self.stream_index]
             stream.thread_type = "AUTO"
-            rate = self.frame_rate or 0.0
-            height, width = self.size or (None, None)
-            pixel_format = "gray" if self.gray else "rgb24"
             index = 0
             try:
                 for frame in container.decode(stream):
                     if self._closed or (self.max_frames is not None and index >= self.max_frames):
                         return
-                    pts = frame.time if frame.time is not None else (index / rate if rate else float(index))
-                    array = frame.to_ndarray(width=width, height=height, format=pixel_format)
-                    image = torch.from_numpy(np.ascontiguousarray(array)).to(torch.float32).div_(255.0)
-                    image = image.unsqueeze(0) if self.gray else image.permute(2, 0, 1).contiguous()
-                    yield VideoFrame(image=image, pts=float(pts), index=index)
+                    yield to_video_frame(frame, index=index, frame_rate=self.frame_rate, size=self.size, gray=self.gray)
                     index += 1
             except av.FFmpegError as error:
                 raise VideoFileError(f"corrupt video data in {self.location!r} at frame {index}: {error}") from error
