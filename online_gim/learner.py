@@ -31,7 +31,7 @@ class _LossTotals:
         self.count = 0
 
     def add(self, parts: LossParts, weight: float) -> None:
-        self.loss += float(parts.loss) * weight
+        self.loss += float(parts.loss.detach()) * weight
         self.loss_pos += parts.loss_pos * weight
         self.loss_neg += parts.loss_neg * weight
         self.active += parts.active_fraction * weight

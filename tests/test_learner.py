@@ -1,0 +1,191 @@
+"""The online learner: isolation of modules, learning on a structured signal, robustness to bad input."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from online_gim.config import ConvLayerConfig, EncoderConfig, LearnerConfig, LossConfig, MemoryConfig
+from online_gim.learner import OnlineLearner
+from streams.window import AudioWindow
+
+SMALL_CONVS = tuple(
+    ConvLayerConfig(channels=32, kernel=k, stride=s, padding=p) for k, s, p in ((10, 5, 2), (8, 4, 2), (4, 2, 2))
+)
+
+
+def small_config(**changes) -> LearnerConfig:
+    base = dict(
+        window=2560,
+        encoder=EncoderConfig(convs=SMALL_CONVS, gru_hidden=16),
+        loss=LossConfig(prediction_steps=4, subwindow=32),
+        memory=MemoryConfig(capacity=256, writes_per_window=32),
+        optim={"lr": 1e-3},
+    )
+    base.update(changes)
+    return LearnerConfig.model_validate(base)
+
+
+def phone_like_stream(windows: int, window: int, seed: int = 0) -> list[torch.Tensor]:
+    """Speech-like test signal: 'phones' of 30-80 ms, each a chord of two formant-like tones with a
+    pitch, following a Markov chain over 6 phone types, with a syllable-rate envelope."""
+    rng = np.random.default_rng(seed)
+    formants = rng.uniform(300, 3500, size=(6, 2))
+    total = windows * window
+    signal = np.zeros(total, dtype=np.float32)
+    position, phone = 0, 0
+    while position < total:
+        length = int(rng.integers(480, 1280))
+        t = np.arange(length) / 16000
+        pitch = 120 * (1 + 0.1 * rng.standard_normal())
+        tone = sum(np.sin(2 * math.pi * f * t) for f in formants[phone]) * (0.5 + 0.5 * np.sin(2 * math.pi * pitch * t))
+        piece = tone[: total - position] * 0.2
+        signal[position : position + len(piece)] = piece
+        position += length
+        phone = int((phone + rng.integers(1, 3)) % 6)
+    signal += 0.01 * rng.standard_normal(total).astype(np.float32)
+    return [torch.from_numpy(signal[i * window : (i + 1) * window]) for i in range(windows)]
+
+
+def _windows(config: LearnerConfig, count: int, seed: int = 0) -> list[AudioWindow]:
+    return [
+        AudioWindow(samples, start_sample=i * config.window, source_id="test")
+        for i, samples in enumerate(phone_like_stream(count, config.window, seed))
+    ]
+
+
+@pytest.mark.parametrize("gru", ["eprop", "bptt"])
+def test_greedy_mode_sends_no_gradient_across_modules(gru: str) -> None:
+    config = small_config(encoder=EncoderConfig(convs=SMALL_CONVS, gru_hidden=16, gru=gru))
+    learner = OnlineLearner(config)
+    windows = _windows(config, 12)
+    for window in windows[:8]:  # fill the memories so that every module has negatives
+        learner.step(window)
+    for module, window in zip(range(learner.num_modules), windows[8:]):
+        before = [[p.detach().clone() for p in stage.module.parameters()] for stage in learner.stages]
+        report = learner.step(window, modules=[module])
+        assert [m.updated for m in report.modules] == [i == module for i in range(learner.num_modules)]
+        for index, stage in enumerate(learner.stages):
+            for parameter, old in zip(stage.module.parameters(), before[index]):
+                assert parameter.grad is None, f"module {index} received a gradient from module {module}'s loss"
+                assert torch.equal(parameter, old) == (index != module)
+
+
+def test_loss_falls_on_a_structured_signal() -> None:
+    config = small_config()
+    learner = OnlineLearner(config)
+    ratios = []
+    for window in _windows(config, 300):
+        report = learner.step(window)
+        ratios.append([m.loss_ratio for m in report.modules])
+    ratios = np.array(ratios)
+    early, late = np.nanmean(ratios[10:40], axis=0), np.nanmean(ratios[-30:], axis=0)
+    assert np.all(late < early - 0.05), (early, late)
+    assert np.all(late < 0.9)
+    dead = report.modules[-2].dead_fraction
+    assert dead < 0.5
+
+
+def test_nan_and_inf_windows_are_skipped_and_leave_state_unchanged() -> None:
+    config = small_config()
+    learner = OnlineLearner(config)
+    windows = _windows(config, 6)
+    for window in windows[:5]:
+        learner.step(window)
+    before = {k: v.clone() for k, v in learner.stages[0].module.state_dict().items()}
+    for bad in (float("nan"), float("inf")):
+        samples = windows[5].samples.clone()
+        samples[100] = bad
+        report = learner.step(AudioWindow(samples, start_sample=windows[5].start_sample, source_id="test"))
+        assert report.skipped_nonfinite and report.modules == ()
+    assert learner.windows_skipped_nonfinite == 2
+    for key, value in learner.stages[0].module.state_dict().items():
+        assert torch.equal(value, before[key])
+    report = learner.step(windows[5])
+    assert not report.skipped_nonfinite
+    assert all(torch.isfinite(p).all() for stage in learner.stages for p in stage.module.parameters())
+
+
+def test_silence_and_extreme_levels_keep_weights_finite() -> None:
+    config = small_config()
+    learner = OnlineLearner(config)
+    for i, samples in enumerate([torch.zeros(2560), torch.zeros(2560), torch.ones(2560), torch.randn(2560) * 1e4]):
+        learner.step(AudioWindow(samples, start_sample=i * 2560, source_id="test"))
+    for window in _windows(config, 5):
+        learner.step(window)
+    assert all(torch.isfinite(p).all() for stage in learner.stages for p in stage.module.parameters())
+    assert all(torch.isfinite(p).all() for stage in learner.stages for p in stage.head.parameters())
+
+
+def test_wrong_window_length_is_a_clear_error() -> None:
+    learner = OnlineLearner(small_config())
+    with pytest.raises(ValueError, match=r"\(2560,\)"):
+        learner.step(AudioWindow(torch.zeros(1000)))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"loss": LossConfig(kind="infonce", prediction_steps=4, subwindow=32, negatives=5)},
+        {"loss": LossConfig(kind="clapp_s", prediction_steps=4, subwindow=32, split_prediction=True)},
+        {"loss": LossConfig(kind="distance_hinge", prediction_steps=4, subwindow=32)},
+        {"memory": MemoryConfig(capacity=256, writes_per_window=32, policy="hard")},
+        {"mode": "e2e", "encoder": EncoderConfig(convs=SMALL_CONVS, gru_hidden=16, gru="bptt")},
+        {"encoder": EncoderConfig(convs=SMALL_CONVS, gru="none", norm="frame")},
+        {"schedule": "round_robin"},
+        {"schedule": "random"},
+    ],
+)
+def test_every_variant_learns_with_finite_weights(changes: dict) -> None:
+    config = small_config(**changes)
+    learner = OnlineLearner(config)
+    updated = np.zeros(learner.num_modules)
+    for window in _windows(config, 30):
+        report = learner.step(window)
+        updated += [m.updated for m in report.modules]
+        assert all(math.isfinite(m.loss) for m in report.modules if m.updated)
+    if config.mode == "e2e":
+        assert updated[-1] > 20 and updated[:-1].sum() == 0  # one loss, at the top
+    elif config.schedule == "all":
+        assert np.all(updated > 20)
+    else:
+        assert updated.sum() <= 30 and np.all(updated > 0)
+    assert all(torch.isfinite(p).all() for stage in learner.stages for p in stage.module.parameters())
+
+
+def test_state_dict_round_trip_continues_identically() -> None:
+    config = small_config()
+    windows = _windows(config, 14)
+    first = OnlineLearner(config)
+    for window in windows[:8]:
+        first.step(window)
+    second = OnlineLearner(config)
+    second.load_state_dict(copy.deepcopy(first.state_dict()))  # no tensor shared between the two
+    for window in windows[8:]:
+        a, b = first.step(window), second.step(window)
+        assert [m.loss for m in a.modules] == [m.loss for m in b.modules]
+    for s1, s2 in zip(first.stages, second.stages):
+        for p1, p2 in zip(s1.module.parameters(), s2.module.parameters()):
+            assert torch.equal(p1, p2)
+
+
+def test_state_from_another_config_is_refused_naming_the_field() -> None:
+    learner = OnlineLearner(small_config())
+    other = OnlineLearner(small_config(optim={"lr": 5e-4}))
+    with pytest.raises(ValueError, match="optim.lr"):
+        other.load_state_dict(learner.state_dict())
+
+
+def test_embed_matches_the_stack_and_changes_no_state() -> None:
+    config = small_config()
+    learner = OnlineLearner(config)
+    for window in _windows(config, 4):
+        learner.step(window)
+    state = {k: v.clone() for k, v in learner.stages[0].module.state_dict().items()}
+    outputs = learner.embed(torch.randn(16000) * 0.1)
+    assert [o.shape[1] for o in outputs] == [32, 32, 32, 16]
+    assert outputs[2].shape[0] == outputs[3].shape[0] == 16000 // 40
+    for key, value in learner.stages[0].module.state_dict().items():
+        assert torch.equal(value, state[key])

@@ -1,0 +1,86 @@
+"""The FAISS negative memory: bounded, FIFO, never serves the anchor's neighbours."""
+
+import numpy as np
+import torch
+
+from online_gim.config import MemoryConfig
+from online_gim.memory import NegativeMemory
+
+
+def _memory(capacity: int = 50, max_age: int = 1000, policy: str = "uniform") -> NegativeMemory:
+    config = MemoryConfig(capacity=capacity, max_age_updates=max_age, policy=policy, hard_pool=8)
+    return NegativeMemory(4, config, exclusion_samples=30, seed=0)
+
+
+def _fill(memory: NegativeMemory, windows: int, per_window: int = 20, step0: int = 0) -> None:
+    for w in range(windows):
+        positions = np.arange(per_window, dtype=np.int64) * 10 + w * per_window * 10
+        vectors = torch.from_numpy(positions[:, None].repeat(4, axis=1).astype(np.float32))  # vector encodes position
+        memory.add(vectors, positions, source_id="s", step=step0 + w)
+
+
+def test_capacity_is_never_exceeded_and_oldest_go_first() -> None:
+    memory = _memory(capacity=50)
+    for w in range(10):
+        memory.add(torch.full((20, 4), float(w)), np.arange(20, dtype=np.int64) + 1000 * w, source_id="s", step=w)
+        assert len(memory) <= 50
+    assert len(memory) == 50
+    assert memory.steps.min() == 7 and int((memory.steps == 7).sum()) == 10  # FIFO: the 50 newest remain
+    assert memory.index.ntotal == len(memory.positions) == len(memory.speakers)
+
+
+def test_negatives_never_come_from_the_exclusion_window() -> None:
+    memory = _memory(capacity=400)
+    _fill(memory, 10)  # positions 0, 10, ..., 1990; vector value = position
+    anchors = np.array([0, 500, 1000, 1990, 735])
+    for _ in range(20):
+        negatives = memory.sample(anchors, 12, source_id="s")
+        assert negatives.shape == (5, 12, 4)
+        distance = (negatives[..., 0].numpy() - anchors[:, None]).__abs__()
+        assert distance.min() > 30
+        # distinct negatives per anchor
+        assert all(len(set(row.tolist())) == 12 for row in negatives[..., 0])
+
+
+def test_other_streams_are_not_excluded() -> None:
+    memory = _memory(capacity=400)
+    memory.add(torch.ones(3, 4), np.array([0, 10, 20]), source_id="other", step=0)
+    negatives = memory.sample(np.array([10]), 3, source_id="s")
+    assert negatives is not None and negatives.shape == (1, 3, 4)
+
+
+def test_sample_returns_none_while_too_few_entries_are_allowed() -> None:
+    memory = _memory(capacity=400)
+    memory.add(torch.ones(3, 4), np.array([0, 10, 20]), source_id="s", step=0)
+    assert memory.sample(np.array([10]), 1, source_id="s") is None
+
+
+def test_stale_entries_are_evicted() -> None:
+    memory = _memory(capacity=1000, max_age=3)
+    _fill(memory, 10)
+    assert memory.steps.min() >= 9 - 3
+
+
+def test_hard_negatives_are_the_best_allowed_scores() -> None:
+    memory = _memory(capacity=400, policy="hard")
+    rng = np.random.default_rng(0)
+    vectors = torch.from_numpy(rng.normal(size=(100, 4)).astype(np.float32))
+    positions = np.arange(100, dtype=np.int64) * 10
+    memory.add(vectors, positions, source_id="s", step=0)
+    query = torch.from_numpy(rng.normal(size=(6, 4)).astype(np.float32))
+    anchors = positions[[0, 10, 20, 30, 40, 50]]
+    chosen = memory.hardest(query, anchors, source_id="s")
+    for q, anchor, negative in zip(query, anchors, chosen):
+        allowed = np.abs(positions - anchor) > 30
+        best = vectors[allowed][int((vectors[allowed] @ q).argmax())]
+        assert torch.allclose(negative, best)
+
+
+def test_state_round_trip_and_nearest() -> None:
+    memory = _memory(capacity=100)
+    _fill(memory, 3)
+    restored = _memory(capacity=100)
+    restored.load_state_dict(memory.state_dict())
+    query = torch.ones(4)
+    assert [h.stream_seconds for h in restored.nearest(query, 5)] == [h.stream_seconds for h in memory.nearest(query, 5)]
+    assert memory.nearest(query, 1)[0].stream_seconds == 590 / 16000  # largest position has the largest product
