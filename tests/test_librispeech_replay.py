@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -364,3 +367,40 @@ def test_resume_at_a_window_continues_the_same_stream_and_clock(tmp_path):
     for a, b in zip(resumed, first[6:]):
         np.testing.assert_array_equal(a.samples.numpy(), b.samples.numpy())
         assert a.spans[1:] == b.spans[1:] and a.spans[0].utterance_id == b.spans[0].utterance_id
+
+
+def test_locate_while_the_reader_thread_replays(tmp_path):
+    # locate() runs on the learner's thread while the feeder's thread appends to the replay's
+    # history; walking a history that grows underneath must neither fail nor mislocate
+    for i in range(4):
+        write_utterance(tmp_path, f"1-1-{i}", np.full(40, 0.1 * (i + 1), dtype=np.float32), ext="wav", subtype="FLOAT")
+    replay = LibriSpeechReplay(tmp_path, loop=True, speed=None)
+    stop = threading.Event()
+
+    def read():
+        for _ in replay:
+            if stop.is_set():
+                break
+
+    reader = threading.Thread(target=read, daemon=True)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL over as often as possible
+    reader.start()
+    try:
+        deadline = time.monotonic() + 5.0
+        while replay.utterances_played < 1024 and time.monotonic() < deadline:
+            time.sleep(0.01)  # a long history: every locate walks all of it
+        calls, deadline = 0, time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            with pytest.raises(ValueError, match="not in the replay's recent history"):
+                replay.locate(-1)
+            newest = replay.position.stream_sample - 1
+            where = replay.locate(newest)
+            assert where.stream_sample == newest and where.offset == newest % 40
+            assert where.index == (newest // 40) % 4 and where.loop == newest // 160
+            calls += 1
+    finally:
+        stop.set()
+        reader.join(timeout=5)
+        sys.setswitchinterval(interval)
+    assert calls > 0 and not reader.is_alive()

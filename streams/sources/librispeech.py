@@ -37,6 +37,7 @@ Usage::
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -137,6 +138,7 @@ class LibriSpeechReplay(AudioSource):
         self.samples_nonfinite = 0
         self.utterances_played = 0
         self._history: deque[tuple[int, int, int, int]] = deque(maxlen=_HISTORY)  # stream, loop, index, length
+        self._history_lock = threading.Lock()
         self._closed = False
 
     # ----------------------------------------------------------------- order and position
@@ -159,9 +161,12 @@ class LibriSpeechReplay(AudioSource):
         Raises:
             ValueError: the sample is older than the remembered history or not yet delivered.
         """
-        if stream_sample == self._position.stream_sample:
-            return self._position
-        for start, loop, index, length in reversed(self._history):
+        position = self._position  # read once: the reader thread replaces it as it goes
+        if stream_sample == position.stream_sample:
+            return position
+        with self._history_lock:  # the reader thread appends to the history while we search it
+            history = list(self._history)
+        for start, loop, index, length in reversed(history):
             if start <= stream_sample < start + length:
                 return ReplayPosition(loop, index, stream_sample - start, stream_sample)
         raise ValueError(f"stream sample {stream_sample} is not in the replay's recent history")
@@ -182,7 +187,8 @@ class LibriSpeechReplay(AudioSource):
                 audio = self._decode(utterance)
                 if audio is not None and offset < audio.shape[0]:
                     phones = utterance.sample_phones(audio.shape[0]) if self.corpus.has_labels else None
-                    self._history.append((stream - offset, loop, index, audio.shape[0]))
+                    with self._history_lock:
+                        self._history.append((stream - offset, loop, index, audio.shape[0]))
                     self.utterances_played += 1
                     for begin in range(offset, audio.shape[0], self.chunk_samples):
                         if self._closed:
