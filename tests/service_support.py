@@ -6,11 +6,11 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from online_gim.memory import MemoryHit
 from online_gim.report import ModuleReport, ProbeReadout, StepReport
 from services.drift_monitor import DriftConfig
 from services.http import ServiceHandle, serve_in_thread
@@ -22,16 +22,6 @@ SHAPES = ((4095, 512), (1023, 512), (512, 512), (257, 512), (128, 512), (128, 25
 """(frames, channels) of each module's output on a 20480-sample window (GIM audio stack + GRU)."""
 WINDOW = 20480
 PHONES = tuple(["sil"] + [f"p{i}" for i in range(1, 41)])
-
-
-@dataclass
-class MemoryHit:
-    stream_seconds: float
-    source_id: str
-    step: int
-    score: float
-    speaker_id: str | None
-    phone: int
 
 
 class FakeMemory:
@@ -60,7 +50,13 @@ class FakeMemory:
             return []
         scores = torch.stack([r[0] for r in rows]) @ query
         best = scores.topk(min(k, len(rows))).indices.tolist()
-        return [MemoryHit(rows[i][1], "fake", rows[i][2], float(scores[i]), rows[i][3], rows[i][4]) for i in best]
+        return [
+            MemoryHit(
+                stream_seconds=rows[i][1], source_id="fake", step=rows[i][2], score=float(scores[i]),
+                speaker_id=rows[i][3], phone=rows[i][4],
+            )
+            for i in best
+        ]
 
 
 class FakeLearner:
