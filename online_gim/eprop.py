@@ -211,3 +211,48 @@ class EligibilityTraces:
         names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
         for name, trace in zip(names, self.traces):
             trace.copy_(state[f"trace_{name}"])
+
+
+def eprop_gradients(
+    gru: StopGradientGRU, windows: list[torch.Tensor], learning_signals: list[torch.Tensor], *, chunk: int
+) -> list[torch.Tensor]:
+    """The e-prop gradient of ``sum_t <L_t, h_t>`` over consecutive windows of one sequence.
+
+    The GRU starts from a zero state; each window is streamed through :meth:`StopGradientGRU.run_chunk`
+    in chunks of ``chunk`` steps, and the hidden state and the traces carry over from one window to
+    the next, as in the learner. Only one chunk's activations are alive at a time.
+
+    Args:
+        gru: the network (its parameters are not changed).
+        windows: ``(T_i, D)`` inputs of consecutive windows.
+        learning_signals: ``(T_i, H)`` the learning signal ``L_t = dLoss/dh_t`` of every step.
+        chunk: steps per :meth:`EligibilityTraces.update`.
+    Returns:
+        Gradients in the order ``weight_ih, weight_hh, bias_ih, bias_hh`` (the parameters' shapes).
+    """
+    traces = EligibilityTraces(gru)
+    h = windows[0].new_zeros(gru.hidden_size)
+    for x, signal in zip(windows, learning_signals):
+        for first in range(0, x.shape[0], chunk):
+            states, cache = gru.run_chunk(x[first : first + chunk], h)
+            h = states[-1]
+            traces.update(cache, signal[first : first + chunk])
+    return traces.grads
+
+
+def bptt_gradients(gru: StopGradientGRU, x: torch.Tensor, learning_signal: torch.Tensor) -> list[torch.Tensor]:
+    """Autograd's gradient of ``sum_t <L_t, h_t>`` through the whole sequence (the BPTT reference).
+
+    Keeps the graph of all ``T`` steps until the backward pass. Overwrites the parameters' ``.grad``.
+
+    Args:
+        gru: the network.
+        x: ``(T, D)`` inputs; the GRU starts from a zero state.
+        learning_signal: ``(T, H)`` the weights ``L_t`` of the states in the loss.
+    Returns:
+        Gradients in the order ``weight_ih, weight_hh, bias_ih, bias_hh``.
+    """
+    gru.zero_grad()
+    states = gru(x, x.new_zeros(gru.hidden_size))
+    (states * learning_signal).sum().backward()
+    return [p.grad.clone() for p in (gru.weight_ih, gru.weight_hh, gru.bias_ih, gru.bias_hh)]

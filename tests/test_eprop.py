@@ -3,26 +3,7 @@
 import pytest
 import torch
 
-from online_gim.eprop import EligibilityTraces, StopGradientGRU
-
-
-def _bptt_grads(gru: StopGradientGRU, x: torch.Tensor, signal_weights: torch.Tensor) -> list[torch.Tensor]:
-    """Autograd through the whole sequence; loss = sum_t <w_t, h_t>."""
-    gru.zero_grad()
-    states = gru(x, torch.zeros(gru.hidden_size, dtype=x.dtype))
-    (states * signal_weights).sum().backward()
-    return [p.grad.clone() for p in (gru.weight_ih, gru.weight_hh, gru.bias_ih, gru.bias_hh)]
-
-
-def _eprop_grads(gru: StopGradientGRU, windows: list[torch.Tensor], weights: list[torch.Tensor], chunk: int):
-    traces = EligibilityTraces(gru)
-    h = torch.zeros(gru.hidden_size, dtype=windows[0].dtype)
-    for x, w in zip(windows, weights):
-        for first in range(0, x.shape[0], chunk):
-            states, cache = gru.run_chunk(x[first : first + chunk], h)
-            h = states[-1]
-            traces.update(cache, w[first : first + chunk])
-    return traces.grads
+from online_gim.eprop import EligibilityTraces, StopGradientGRU, bptt_gradients, eprop_gradients
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 32])
@@ -31,9 +12,9 @@ def test_eprop_equals_bptt_across_a_window_boundary(chunk: int) -> None:
     gru = StopGradientGRU(24, 16).double()
     x = torch.randn(90, 24, dtype=torch.float64)
     w = torch.randn(90, 16, dtype=torch.float64)
-    expected = _bptt_grads(gru, x, w)
+    expected = bptt_gradients(gru, x, w)
     # The sequence is split into two windows; hidden state and traces carry over.
-    got = _eprop_grads(gru, [x[:50], x[50:]], [w[:50], w[50:]], chunk)
+    got = eprop_gradients(gru, [x[:50], x[50:]], [w[:50], w[50:]], chunk=chunk)
     for e, g in zip(expected, got):
         assert torch.allclose(e, g, rtol=1e-10, atol=1e-12)
 
@@ -43,8 +24,8 @@ def test_eprop_float32_relative_error_below_1e4() -> None:
     gru = StopGradientGRU(64, 32)
     x = torch.randn(256, 64)
     w = torch.randn(256, 32)
-    expected = _bptt_grads(gru, x, w)
-    got = _eprop_grads(gru, [x[:128], x[128:]], [w[:128], w[128:]], 32)
+    expected = bptt_gradients(gru, x, w)
+    got = eprop_gradients(gru, [x[:128], x[128:]], [w[:128], w[128:]], chunk=32)
     for e, g in zip(expected, got):
         assert float((e - g).norm() / e.norm()) < 1e-4
 
@@ -63,7 +44,7 @@ def test_eprop_differs_from_bptt_if_the_recurrence_were_not_cut() -> None:
     w = torch.randn(40, 8, dtype=torch.float64)
     states, _ = reference(x[:, None, :])
     (states[:, 0] * w).sum().backward()
-    got = _eprop_grads(gru, [x], [w], 8)
+    got = eprop_gradients(gru, [x], [w], chunk=8)
     assert not torch.allclose(reference.weight_hh_l0.grad, got[1], rtol=1e-3)
     # ... while the forward pass is the same GRU.
     with torch.no_grad():

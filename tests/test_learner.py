@@ -9,6 +9,7 @@ import torch
 
 from online_gim.config import ConvLayerConfig, EncoderConfig, LearnerConfig, LossConfig, MemoryConfig
 from online_gim.learner import OnlineLearner
+from streams.corpora.phone_like import phone_like_stream
 from streams.window import AudioWindow
 
 SMALL_CONVS = tuple(
@@ -26,27 +27,6 @@ def small_config(**changes) -> LearnerConfig:
     )
     base.update(changes)
     return LearnerConfig.model_validate(base)
-
-
-def phone_like_stream(windows: int, window: int, seed: int = 0) -> list[torch.Tensor]:
-    """Speech-like test signal: 'phones' of 30-80 ms, each a chord of two formant-like tones with a
-    pitch, following a Markov chain over 6 phone types, with a syllable-rate envelope."""
-    rng = np.random.default_rng(seed)
-    formants = rng.uniform(300, 3500, size=(6, 2))
-    total = windows * window
-    signal = np.zeros(total, dtype=np.float32)
-    position, phone = 0, 0
-    while position < total:
-        length = int(rng.integers(480, 1280))
-        t = np.arange(length) / 16000
-        pitch = 120 * (1 + 0.1 * rng.standard_normal())
-        tone = sum(np.sin(2 * math.pi * f * t) for f in formants[phone]) * (0.5 + 0.5 * np.sin(2 * math.pi * pitch * t))
-        piece = tone[: total - position] * 0.2
-        signal[position : position + len(piece)] = piece
-        position += length
-        phone = int((phone + rng.integers(1, 3)) % 6)
-    signal += 0.01 * rng.standard_normal(total).astype(np.float32)
-    return [torch.from_numpy(signal[i * window : (i + 1) * window]) for i in range(windows)]
 
 
 def _windows(config: LearnerConfig, count: int, seed: int = 0) -> list[AudioWindow]:
