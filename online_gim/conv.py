@@ -19,6 +19,12 @@ class ConvModule(nn.Module):
         moving average of the per-window mean and variance of its pre-activation (buffers
         ``running_mean``/``running_var``, updated by :meth:`forward_window`; no gradient flows
         through them). Homeostasis: every unit fires on about half of the frames.
+        ``window``: each channel standardised by the mean and variance of its pre-activation over
+        the input being encoded (a training window, or the whole audio at inference; instance
+        normalisation over time, no gradient through the statistics). Constant per-channel
+        offsets of a window (level, channel, much of the speaker's long-term spectrum) are
+        removed at every module, so a module can only encode how its input varies within the
+        window, and every unit fires on about half of every window's frames.
         ``frame``: each frame standardised across channels (CPC_audio's ChannelNorm, no affine).
         ``none``: plain Conv1d + ReLU.
 
@@ -29,8 +35,12 @@ class ConvModule(nn.Module):
     Parameters:
         in_channels: channels of the input.
         layer: the Conv1d's shape.
-        norm: ``time``, ``frame`` or ``none``.
+        norm: ``window``, ``time``, ``frame`` or ``none``.
         momentum: weight of the newest window in the running statistics (``time``).
+
+    For ``time`` and ``window`` the buffers ``running_mean``/``running_var`` hold the statistics in
+    use (for ``window``: those of the newest window, so that :meth:`forward_frames` of the window
+    being learned normalises exactly like :meth:`forward_window` did).
     """
 
     def __init__(self, in_channels: int, layer: ConvLayerConfig, *, norm: str, momentum: float) -> None:
@@ -52,7 +62,7 @@ class ConvModule(nn.Module):
 
     def _normalise_and_rectify(self, pre: torch.Tensor) -> torch.Tensor:
         """``(1, C, T)`` pre-activations -> ``(1, C, T)`` outputs."""
-        if self.norm == "time":
+        if self.norm in ("time", "window"):
             pre = (pre - self.running_mean[:, None]) * torch.rsqrt(self.running_var[:, None] + _EPS)
         elif self.norm == "frame":
             mean = pre.mean(dim=1, keepdim=True)
@@ -64,7 +74,7 @@ class ConvModule(nn.Module):
     def _update_statistics(self, pre: torch.Tensor) -> None:
         mean = pre.mean(dim=(0, 2))
         var = pre.var(dim=(0, 2), unbiased=False)
-        if not bool(self.stats_initialised):
+        if not bool(self.stats_initialised) or self.norm == "window":
             self.running_mean.copy_(mean)
             self.running_var.copy_(var)
             self.stats_initialised.fill_(True)
@@ -78,12 +88,17 @@ class ConvModule(nn.Module):
         Args:
             x: ``(1, C_in, T_in)`` input.
             update_statistics: fold this window into the running statistics first (learning);
-                ``False`` for pure inference.
+                ``False`` for pure inference (``window`` norm then uses the input's own
+                statistics without storing them).
         Returns:
             ``(1, C, T)`` output, ``T = (T_in + 2*padding - kernel) // stride + 1``.
         """
         pre = self.conv(self._pad(x))
-        if update_statistics and self.norm == "time":
+        if self.norm == "window" and not update_statistics:
+            stats = pre.detach()
+            mean, var = stats.mean(dim=(0, 2)), stats.var(dim=(0, 2), unbiased=False)
+            return torch.relu((pre - mean[:, None]) * torch.rsqrt(var[:, None] + _EPS))
+        if update_statistics and self.norm in ("time", "window"):
             self._update_statistics(pre.detach())
         return self._normalise_and_rectify(pre)
 

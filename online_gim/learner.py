@@ -114,7 +114,7 @@ class OnlineLearner:
         if config.mode == "e2e":
             parameters = [p for stage in self.stages for p in stage.module.parameters()]
             parameters += list(self.stages[-1].head.parameters())
-            self._e2e_optimizer = torch.optim.Adam(parameters, lr=config.optim.lr)
+            self._e2e_optimizer = torch.optim.Adam(parameters, lr=config.optim.lr, fused=True)
         self.steps = 0
         self.updates = 0
         self.windows_skipped_nonfinite = 0

@@ -54,10 +54,11 @@ class LocalStage:
         generator: torch.Generator,
     ) -> LocalStage:
         """A stage whose head predicts ``target_dim`` targets from ``context_dim`` contexts; one Adam
-        optimiser (``optim.lr``) over the module's and the head's parameters."""
+        optimiser (``optim.lr``, torch's fused kernel: about twice as fast as the default on CPU)
+        over the module's and the head's parameters."""
         head = PredictionHead(context_dim, target_dim, loss.prediction_steps, split=loss.split_prediction, generator=generator)
         objective = LocalObjective(loss, memory_config, head, memory, generator)
-        optimizer = torch.optim.Adam([*module.parameters(), *head.parameters()], lr=optim.lr)
+        optimizer = torch.optim.Adam([*module.parameters(), *head.parameters()], lr=optim.lr, fused=True)
         return cls(module, head, memory, objective, optimizer, stride)
 
 

@@ -114,6 +114,7 @@ def test_wrong_window_length_is_a_clear_error() -> None:
         {"memory": MemoryConfig(capacity=256, writes_per_window=32, policy="hard")},
         {"mode": "e2e", "encoder": EncoderConfig(convs=SMALL_CONVS, gru_hidden=16, gru="bptt")},
         {"encoder": EncoderConfig(convs=SMALL_CONVS, gru="none", norm="frame")},
+        {"encoder": EncoderConfig(convs=SMALL_CONVS, gru_hidden=16, norm="time")},
         {"schedule": "round_robin"},
         {"schedule": "random"},
     ],
