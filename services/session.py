@@ -221,7 +221,9 @@ class ListenSummary:
     Counts are in windows and in samples at 16 kHz; times in seconds. ``real_time_factor`` is the
     learner's compute time per second of stream it advanced over (``windows_processed * hop``):
     below 1 it keeps up with a live source. ``final_loss`` maps each module to the mean of its loss
-    over its last 10 updates (``None`` if it never updated).
+    over its last 10 updates (``None`` if it never updated). ``probe_*_accuracy``: the online
+    probes' running prequential accuracies after the last window (``None`` without probes or
+    before any labelled window).
     """
 
     source: str
@@ -246,6 +248,9 @@ class ListenSummary:
     model_step: int = 0
     module_updates_skipped_fraction: float = 0.0
     final_loss: dict[str, float | None] = field(default_factory=dict)
+    probe_phone_accuracy: float | None = None
+    probe_speaker_accuracy: float | None = None
+    probe_speaker_frame_accuracy: float | None = None
     device: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -415,6 +420,10 @@ class ListenSession:
         if report.skipped_nonfinite:
             summary.windows_skipped_nonfinite += 1
             return
+        if report.probes is not None:
+            summary.probe_phone_accuracy = report.probes.phone_accuracy
+            summary.probe_speaker_accuracy = report.probes.speaker_accuracy
+            summary.probe_speaker_frame_accuracy = report.probes.speaker_frame_accuracy
         self._update_slots += len(report.modules)
         for module in report.modules:
             if module.updated:

@@ -444,6 +444,12 @@ def _print_summary(d: dict[str, Any]) -> None:
         f"real-time factor {number(d['real_time_factor'], '.3f')}"
         f"   module updates skipped {d['module_updates_skipped_fraction']:.1%}   final loss per module: {losses}",
     ]
+    if d.get("probe_phone_accuracy") is not None or d.get("probe_speaker_accuracy") is not None:
+        lines.append(
+            f"online probes (prequential): phones {number(d.get('probe_phone_accuracy'), '.1%')}"
+            f"   speakers per window {number(d.get('probe_speaker_accuracy'), '.1%')}"
+            f", per frame {number(d.get('probe_speaker_frame_accuracy'), '.1%')}"
+        )
     if d.get("device"):
         dev = d["device"]
         lines.append(
