@@ -53,7 +53,10 @@ class EncoderConfig(_Strict):
             ChannelNorm, no affine). ``none``: the published recipe (collapses online, METHOD.md
             section 8). Measured on the synthetic corpus (docs/stability.md): after 8 minutes of
             stream, ``window`` lifts the top module's phone probe 10 points above the untrained
-            encoder, where ``time`` ends below it.
+            encoder, where ``time`` ends below it. ``window`` needs windows of a second or more:
+            with 0.32 s windows (32 frames at the top) a small learner's online phone probe stayed
+            near the majority class where ``time`` norm learned (likely because the means of so
+            few frames carry the phones being spoken); use ``time`` for short windows.
         norm_momentum: weight of the newest window in the running statistics of ``time`` norm.
         eprop_chunk: steps per chunk of the e-prop trace update (memory ``O(chunk * width)``).
     """

@@ -22,11 +22,16 @@ WINDOW = 5120
 
 
 def small_config(**changes) -> LearnerConfig:
-    """4 conv modules of 32 channels (total stride 160: 10 ms at the top) + an e-prop GRU of 16."""
+    """4 conv modules of 32 channels (total stride 160: 10 ms at the top) + an e-prop GRU of 16.
+
+    Running-statistics (``time``) normalisation: the default ``window`` norm standardises over the
+    window itself, and 0.32 s windows (32 frames at the top) are too short for that (see
+    ``EncoderConfig.norm``).
+    """
     convs = tuple(
         ConvLayerConfig(channels=32, kernel=k, stride=s, padding=p) for k, s, p in ((10, 5, 2), (8, 4, 2), (4, 2, 2), (4, 2, 1))
     )
-    encoder = EncoderConfig(convs=convs, gru_hidden=16)
+    encoder = EncoderConfig(convs=convs, gru_hidden=16, norm="time")
     return LearnerConfig(window=WINDOW, encoder=encoder, loss=LossConfig(prediction_steps=4, subwindow=32), **changes)
 
 
