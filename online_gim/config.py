@@ -42,14 +42,14 @@ class EncoderConfig(_Strict):
             ``bptt`` (``nn.GRU`` trained by autograd through time, truncated at the window), or
             ``none`` (no autoregressive module).
         gru_hidden: units of the GRU.
-        norm: normalisation between each conv and its ReLU (no gradient flows through any of
-            the statistics). ``window`` (default): every channel is standardised by its mean and
-            variance over the window itself (over the whole input at inference): each window's
+        norm: normalisation between each conv and its ReLU. ``window`` (default): every channel
+            is standardised by its mean and variance over the window itself (over the whole input
+            at inference; ``e2e`` training back-propagates through these statistics): each window's
             constant per-channel offsets (level, the speaker's long-term spectrum) are removed at
             every module, and every unit fires on about half of every window's frames, so units
             cannot die and the representation cannot collapse to a constant. ``time``: the same
             with running statistics (an exponential moving average over windows, see
-            ``norm_momentum``). ``frame``: per-frame normalisation across channels (CPC_audio's
+            ``norm_momentum``; no gradient through them). ``frame``: per-frame normalisation across channels (CPC_audio's
             ChannelNorm, no affine). ``none``: the published recipe (collapses online, METHOD.md
             section 8). Measured on the synthetic corpus (docs/stability.md): after 8 minutes of
             stream, ``window`` lifts the top module's phone probe 10 points above the untrained

@@ -20,11 +20,14 @@ class ConvModule(nn.Module):
         ``running_mean``/``running_var``, updated by :meth:`forward_window`; no gradient flows
         through them). Homeostasis: every unit fires on about half of the frames.
         ``window``: each channel standardised by the mean and variance of its pre-activation over
-        the input being encoded (a training window, or the whole audio at inference; instance
-        normalisation over time, no gradient through the statistics). Constant per-channel
-        offsets of a window (level, channel, much of the speaker's long-term spectrum) are
-        removed at every module, so a module can only encode how its input varies within the
-        window, and every unit fires on about half of every window's frames.
+        the input being encoded (a training window, or the whole audio at inference: instance
+        normalisation over time). Constant per-channel offsets of a window (level, channel, much
+        of the speaker's long-term spectrum) are removed at every module, so a module can only
+        encode how its input varies within the window, and every unit fires on about half of
+        every window's frames. :meth:`forward_window` differentiates through the statistics
+        (what end-to-end training back-propagates through: with them held constant, the e2e
+        baselines collapsed to speaker identity, docs/stability.md); :meth:`forward_frames`, the
+        greedy sub-window recompute, uses the stored statistics of the window as constants.
         ``frame``: each frame standardised across channels (CPC_audio's ChannelNorm, no affine).
         ``none``: plain Conv1d + ReLU.
 
@@ -88,17 +91,18 @@ class ConvModule(nn.Module):
         Args:
             x: ``(1, C_in, T_in)`` input.
             update_statistics: fold this window into the running statistics first (learning);
-                ``False`` for pure inference (``window`` norm then uses the input's own
-                statistics without storing them).
+                ``False`` for pure inference (``window`` norm uses the input's own statistics
+                either way, and only stores them when learning).
         Returns:
             ``(1, C, T)`` output, ``T = (T_in + 2*padding - kernel) // stride + 1``.
         """
         pre = self.conv(self._pad(x))
-        if self.norm == "window" and not update_statistics:
-            stats = pre.detach()
-            mean, var = stats.mean(dim=(0, 2)), stats.var(dim=(0, 2), unbiased=False)
+        if self.norm == "window":
+            if update_statistics:
+                self._update_statistics(pre.detach())
+            mean, var = pre.mean(dim=(0, 2)), pre.var(dim=(0, 2), unbiased=False)
             return torch.relu((pre - mean[:, None]) * torch.rsqrt(var[:, None] + _EPS))
-        if update_statistics and self.norm in ("time", "window"):
+        if update_statistics and self.norm == "time":
             self._update_statistics(pre.detach())
         return self._normalise_and_rectify(pre)
 
