@@ -74,9 +74,9 @@ class ConvModule(nn.Module):
         return torch.relu(pre)
 
     @torch.no_grad()
-    def _update_statistics(self, pre: torch.Tensor) -> None:
-        mean = pre.mean(dim=(0, 2))
-        var = pre.var(dim=(0, 2), unbiased=False)
+    def _fold_statistics(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Stores a window's ``(C,)`` per-channel mean and variance: as they are (``window``, or the
+        first window), else folded into the running averages with weight ``momentum``."""
         if not bool(self.stats_initialised) or self.norm == "window":
             self.running_mean.copy_(mean)
             self.running_var.copy_(var)
@@ -97,13 +97,12 @@ class ConvModule(nn.Module):
             ``(1, C, T)`` output, ``T = (T_in + 2*padding - kernel) // stride + 1``.
         """
         pre = self.conv(self._pad(x))
-        if self.norm == "window":
+        if self.norm == "window" or (self.norm == "time" and update_statistics):
+            mean, var = pre.mean(dim=(0, 2)), pre.var(dim=(0, 2), unbiased=False)  # the window's, once
             if update_statistics:
-                self._update_statistics(pre.detach())
-            mean, var = pre.mean(dim=(0, 2)), pre.var(dim=(0, 2), unbiased=False)
-            return torch.relu((pre - mean[:, None]) * torch.rsqrt(var[:, None] + _EPS))
-        if update_statistics and self.norm == "time":
-            self._update_statistics(pre.detach())
+                self._fold_statistics(mean.detach(), var.detach())
+            if self.norm == "window":
+                return torch.relu((pre - mean[:, None]) * torch.rsqrt(var[:, None] + _EPS))
         return self._normalise_and_rectify(pre)
 
     def forward_frames(self, x: torch.Tensor, first: int, stop: int) -> torch.Tensor:
