@@ -311,7 +311,9 @@ def learner_peak_rss(config: dict, windows: int, corpus_dir: str | None) -> dict
         corpus_dir: audio as in :func:`speech_windows` (``None``: the phone-like signal).
     Returns:
         ``baseline_mib``: resident set size with the libraries loaded and the audio read, before
-        the learner is built; ``peak_mib``: the process' peak resident set size at the end (MiB).
+        the learner is built; ``peak_mib``: the process' peak resident set size at the end;
+        ``state_mib``: what the learner must hold between windows, counted tensor by tensor
+        (:func:`learner_state_mib`). All in MiB.
     """
     learner_config = LearnerConfig.model_validate(config)
     stream = speech_windows(windows, learner_config.window, corpus_dir=Path(corpus_dir) if corpus_dir else None)
@@ -319,7 +321,22 @@ def learner_peak_rss(config: dict, windows: int, corpus_dir: str | None) -> dict
     learner = OnlineLearner(learner_config)
     for window in stream:
         learner.step(window)
-    return {"baseline_mib": baseline, "peak_mib": _peak_rss_mib()}
+    return {"baseline_mib": baseline, "peak_mib": _peak_rss_mib(), "state_mib": learner_state_mib(learner)}
+
+
+def learner_state_mib(learner: OnlineLearner) -> float:
+    """MiB of the tensors a learner keeps between windows: every module's and head's parameters
+    and the Adam moments of their optimisers (the floor of its memory at float32, whatever the
+    libraries and a window's activations add). FAISS memories, traces and probes are not counted."""
+    parameters = [p for stage in learner.stages for p in (*stage.module.parameters(), *stage.head.parameters())]
+    moments = [
+        value
+        for optimizer in learner.optimizers
+        for state in optimizer.state.values()
+        for value in state.values()
+        if torch.is_tensor(value) and value.dim() > 0
+    ]
+    return sum(t.numel() * t.element_size() for t in (*parameters, *moments)) / MIB
 
 
 # ---------------------------------------------------------------------- processes
@@ -368,6 +385,7 @@ class BenchResult:
     bptt_mem_ratio_t1024_t128: float
     peak_rss_mib_learn: float
     rss_mib_before_learner: float
+    learner_state_mib: float
     loss_ratio_final: tuple[float, ...]
     dead_fraction_max: tuple[float, ...]
     learned_fraction: float
@@ -452,6 +470,7 @@ def run_bench(
         bptt_mem_ratio_t1024_t128=memory.bptt_ratio,
         peak_rss_mib_learn=rss["peak_mib"],
         rss_mib_before_learner=rss["baseline_mib"],
+        learner_state_mib=rss["state_mib"],
         loss_ratio_final=greedy.loss_ratio,
         dead_fraction_max=greedy.dead_fraction_max,
         learned_fraction=greedy.learned_fraction,

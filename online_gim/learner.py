@@ -141,6 +141,12 @@ class OnlineLearner:
         """Each module's negative memory (the GRU shares the top conv module's)."""
         return [stage.memory for stage in self.stages]
 
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimiser the learner holds: one per module, and the end-to-end one in ``e2e`` mode."""
+        e2e = [self._e2e_optimizer] if self.config.mode == "e2e" else []
+        return [stage.optimizer for stage in self.stages] + e2e
+
     # ------------------------------------------------------------------ schedules
 
     def _scheduled(self, modules: Sequence[int] | None) -> set[int]:

@@ -41,6 +41,7 @@ KEYS = {
     "rtf_learn", "rtf_infer", "rtf_learn_e2e_bptt", "rtf_ratio_e2e_over_greedy", "eprop_max_rel_err",
     "eprop_mem_mib_t128", "eprop_mem_mib_t1024", "bptt_mem_mib_t128", "bptt_mem_mib_t1024",
     "eprop_mem_ratio_t1024_t128", "bptt_mem_ratio_t1024_t128", "peak_rss_mib_learn", "rss_mib_before_learner",
+    "learner_state_mib",
     "learned_fraction", "learned_fraction_e2e", "video_fps_learn", "bench_seconds",
 } | PER_MODULE | COUNTS | TEXT
 
@@ -84,9 +85,22 @@ def test_relations_that_must_hold(result: bench.BenchResult) -> None:
     assert result.bptt_mem_ratio_t1024_t128 > 2 * result.eprop_mem_ratio_t1024_t128
     assert result.eprop_mem_ratio_t1024_t128 == pytest.approx(result.eprop_mem_mib_t1024 / result.eprop_mem_mib_t128)
     assert result.bptt_mem_mib_t1024 > result.bptt_mem_mib_t128
-    assert result.peak_rss_mib_learn > result.rss_mib_before_learner
+    assert result.peak_rss_mib_learn - result.rss_mib_before_learner > result.learner_state_mib > 0
     assert all(0 <= d <= 1 for d in result.dead_fraction_max)
     assert all(r > 0 for r in result.loss_ratio_final)
+
+
+@pytest.mark.parametrize("mode", ["greedy", "e2e"])
+def test_learner_state_counts_parameters_and_both_adam_moments(mode: str) -> None:
+    config = SMALL.model_copy(update=dict(mode=mode, encoder=SMALL.encoder.model_copy(update=dict(gru="bptt"))))
+    learner = OnlineLearner(config)
+    for window in bench.speech_windows(3, config.window, corpus_dir=None):
+        learner.step(window)
+    parameters = {p for stage in learner.stages for p in (*stage.module.parameters(), *stage.head.parameters())}
+    stepped = {p for optimizer in learner.optimizers for p in optimizer.state}
+    assert stepped  # some optimiser has stepped, so its moments exist
+    expected = sum(p.numel() * 4 for p in parameters) + sum(2 * p.numel() * 4 for p in stepped)
+    assert bench.learner_state_mib(learner) == pytest.approx(expected / bench.MIB)
 
 
 def test_learning_is_timed_only_after_the_memories_let_every_module_update() -> None:

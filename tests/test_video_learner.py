@@ -263,10 +263,12 @@ def test_retrieval_on_a_generated_multiscene_video_learned_and_random(tmp_path):
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="open: the online temporal CLAPP recipe does not yet beat random init (docs/video.md)")
 def test_learned_encoder_beats_random_init_on_held_out_scene_views():
+    # 36 scenes: with 12, random init retrieves 0.92-0.95 and one frame decides the comparison
+    scenes = 36
     config = small_config()
-    frames = scene_stream(config, scenes=12)
-    labels = np.repeat(np.arange(12), 50)
-    held_out = render_scenes(scenes=12, seconds_per_scene=2.0, size=(24, 32), gray=True, camera_seed=1)
+    frames = scene_stream(config, scenes=scenes)
+    labels = np.repeat(np.arange(scenes), 50)
+    held_out = render_scenes(scenes=scenes, seconds_per_scene=2.0, size=(24, 32), gray=True, camera_seed=1)
     random_init, learned = VideoLearner(config), VideoLearner(config)
     learn(random_init, frames, modules=[])
     learn(learned, frames, passes=3)
@@ -275,7 +277,7 @@ def test_learned_encoder_beats_random_init_on_held_out_scene_views():
         same_scene_retrieval(l.embed(held_out)[-1], labels, l.embed(gallery)[-1], labels).hit_rate
         for l in (random_init, learned)
     ]
-    assert rates[1] > rates[0]
+    assert rates[1] > rates[0] + 0.02, rates
 
 
 # ---------------------------------------------------------------------- one decoder for audio and video
