@@ -14,9 +14,11 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Literal
 from urllib.parse import parse_qs, quote
 
 import torch
@@ -173,26 +175,20 @@ def build_app(board: LiveBoard, *, token: str | None = None, max_stream_clients:
     async def embeddings_latest(
         module: int | None = Query(None, ge=0, le=63, description="Module index; default: the top module."),
         frames: int = Query(16, ge=1, le=MAX_EMBEDDING_FRAMES, description="How many of the newest frames."),
+        stream: Literal["audio", "video"] = Query(
+            "audio", description="`video`: the video learner's (with `listen --source av`); one frame per video frame."
+        ),
     ) -> Response:
-        snap = _require_snapshot(board)
-        m = _module_index(snap, module)
-        emb = snap.embeddings[m]
-        total = int(emb.shape[0])
-        count = min(frames, total)
-        first = total - count
-        values = emb[first:].detach().to("cpu", torch.float32)
-        hop = snap.hop_samples(m)
-        body = {
-            "module": m,
-            "model_step": snap.embedding_updates,
-            "window_start_seconds": snap.embedding_start / SAMPLE_RATE,
-            "channels": int(emb.shape[1]),
-            "frames": count,
-            "window_frames": total,
-            "hop_seconds": hop / SAMPLE_RATE,
-            "times": snap.frame_seconds(m, range(first, total)),
-            "values": _matrix(values),
-        }
+        if stream == "video":
+            body = _video_embeddings(board, module, frames)
+        else:
+            snap = _require_snapshot(board)
+            m = _module_index(len(snap.embeddings), module)
+            body = _embeddings_body(
+                snap.embeddings[m], m, frames, model_step=snap.embedding_updates,
+                window_start_seconds=snap.embedding_start / SAMPLE_RATE, hop_seconds=snap.hop_samples(m) / SAMPLE_RATE,
+                times=lambda rows: snap.frame_seconds(m, rows),
+            )
         # Built as JSON directly (the model above documents it): a 256 x 512 matrix through
         # pydantic validation would hold the GIL for long.
         return Response(json.dumps(body, separators=(",", ":"), allow_nan=False), media_type="application/json")
@@ -269,7 +265,7 @@ def build_app(board: LiveBoard, *, token: str | None = None, max_stream_clients:
         points: int = Query(400, ge=2, le=2000, description="How many of the newest sampled frames."),
     ) -> Projection:
         snap = _require_snapshot(board)
-        m = _module_index(snap, module)
+        m = _module_index(len(snap.embeddings), module)
         samples = snap.projection[m][-points:] if m < len(snap.projection) else ()
         if not samples:
             return Projection(module=m, explained_variance=[0.0, 0.0], speakers=[], points=[])
@@ -336,8 +332,44 @@ def _require_snapshot(board: LiveBoard) -> BoardSnapshot:
     return snap
 
 
-def _module_index(snap: BoardSnapshot, module: int | None) -> int:
-    count = len(snap.embeddings)
+def _video_embeddings(board: LiveBoard, module: int | None, frames: int) -> dict[str, object]:
+    """The body of ``/v1/embeddings/latest?stream=video``."""
+    if board.video_source is None:
+        raise HTTPException(404, "this process learns no video stream (run listen with --source av)")
+    snap = board.video_snapshot
+    if snap is None or not snap.embeddings:
+        raise HTTPException(404, "no video window has been processed yet")
+    m = _module_index(len(snap.embeddings), module)
+    return _embeddings_body(
+        snap.embeddings[m], m, frames, model_step=snap.embedding_updates,
+        window_start_seconds=snap.embedding_start / snap.frame_rate, hop_seconds=1.0 / snap.frame_rate,
+        times=snap.frame_seconds,
+    )
+
+
+def _embeddings_body(
+    emb: torch.Tensor, module: int, frames: int, *, model_step: int, window_start_seconds: float,
+    hop_seconds: float, times: Callable[[range], list[float]],
+) -> dict[str, object]:
+    """The :class:`Embeddings` document of the newest ``frames`` rows of ``emb`` ``(window frames, channels)``;
+    ``times(rows)`` gives the stream time of each row in ``rows``."""
+    total = int(emb.shape[0])
+    first = total - min(frames, total)
+    return {
+        "module": module,
+        "model_step": model_step,
+        "window_start_seconds": window_start_seconds,
+        "channels": int(emb.shape[1]),
+        "frames": total - first,
+        "window_frames": total,
+        "hop_seconds": hop_seconds,
+        "times": times(range(first, total)),
+        "values": _matrix(emb[first:].detach().to("cpu", torch.float32)),
+    }
+
+
+def _module_index(count: int, module: int | None) -> int:
+    """``module``, or the top one of a stack of ``count`` modules when ``None``."""
     if module is None:
         return count - 1
     if module >= count:

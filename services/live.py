@@ -19,6 +19,11 @@ Usage (what ``online-gim listen`` does)::
         board.on_step(window, report, buffer.counters)
     board.set_source_state(open=False)
     service.stop(); board.close()
+
+A video learner beside the audio one (``--source av``) publishes through :meth:`LiveBoard.on_video_step`
+(a :data:`~services.video_session.VideoObserver`) after :meth:`LiveBoard.attach_video`: its newest
+window becomes a :class:`VideoSnapshot` (``/v1/embeddings/latest?stream=video``) and its modules get
+the ``online_gim_video_*`` metrics.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -40,9 +45,13 @@ from services import learner_view
 from services.api_models import finite_or_none
 from services.drift_monitor import DriftConfig, DriftMonitor, DriftReading
 from services.metrics import ServiceMetrics
-from services.snapshot import BoardSnapshot, ProjectionSample
+from services.snapshot import BoardSnapshot, ProjectionSample, VideoSnapshot
 from streams.counters import StreamCounters
+from streams.video_window import VideoWindow
 from streams.window import SAMPLE_RATE, UNKNOWN_LABEL, AudioWindow
+
+if TYPE_CHECKING:
+    from online_gim.video.learner import VideoStepReport
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +110,19 @@ class LiveBoard:
         self._source_open: bool | None = None
         self._closed = False
         self._errors = 0
+        self.video_source: str | None = None
+        self._video: VideoSnapshot | None = None
+        self._video_seq = 0
 
     # -- set-up -----------------------------------------------------------------------------
 
     def attach_learner(self, learner: Any) -> None:
         """Give read access to the learner (probes, memories, weights; see :mod:`services.learner_view`)."""
         self._learner = learner
+
+    def attach_video(self, source_id: str) -> None:
+        """Tell the board that a video learner publishes here too (:meth:`on_video_step`)."""
+        self.video_source = source_id
 
     def phone_name(self, index: int) -> str:
         """The name of phone class ``index`` (``"#index"`` when the board has no names for it)."""
@@ -242,6 +258,37 @@ class LiveBoard:
         self._snapshot = snapshot
         return snapshot
 
+    def on_video_step(self, window: VideoWindow, report: VideoStepReport) -> None:
+        """Publish one step of the video learner (called on its thread). Never raises."""
+        try:
+            self.metrics.observe_video_step(report)
+            previous = self._video
+            if report.embeddings and not report.skipped_nonfinite:
+                embedded = (tuple(report.embeddings), window.start_frame, report.updates)
+            elif previous is not None:  # keep showing the newest window that was encoded
+                embedded = (previous.embeddings, previous.embedding_start, previous.embedding_updates)
+            else:
+                embedded = ((), window.start_frame, report.updates)
+            self._video_seq += 1
+            self._video = VideoSnapshot(
+                seq=self._video_seq,
+                source_id=window.source_id,
+                updates=report.updates,
+                start_frame=window.start_frame,
+                frames=window.num_frames,
+                frame_rate=window.frame_rate,
+                skipped=report.skipped_nonfinite,
+                real_time_factor=report.real_time_factor,
+                modules=tuple(report.modules),
+                embeddings=embedded[0],
+                embedding_start=embedded[1],
+                embedding_updates=embedded[2],
+            )
+        except Exception:
+            self._errors += 1
+            if self._errors <= 3:
+                log.exception("live board: could not publish video step %s", getattr(report, "step", "?"))
+
     def _sample_frames(self, snapshot: BoardSnapshot, window: AudioWindow) -> None:
         """A few evenly spaced frames of every module go to the drift monitor and the PCA rings."""
         k = self._drift_config.frames_per_window
@@ -294,6 +341,11 @@ class LiveBoard:
     def snapshot(self) -> BoardSnapshot | None:
         """The newest snapshot, or ``None`` before the first step."""
         return self._snapshot
+
+    @property
+    def video_snapshot(self) -> VideoSnapshot | None:
+        """The video learner's newest window, or ``None`` (no video learner, or no window yet)."""
+        return self._video
 
     @property
     def closed(self) -> bool:

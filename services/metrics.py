@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -26,6 +27,9 @@ from prometheus_client import (
 
 from online_gim.report import ProbeReadout, StepReport
 from streams.counters import StreamCounters
+
+if TYPE_CHECKING:
+    from online_gim.video.learner import VideoStepReport
 
 PREFIX = "online_gim_"
 
@@ -111,6 +115,17 @@ class ServiceMetrics:
         self.drift_reference_age = gauge(
             "drift_reference_age_seconds", "Stream seconds since the end of the drift reference window."
         )
+        # the video learner beside the audio one (--source av)
+        self.video_loss = gauge("video_module_loss", "Local loss of the video module on the newest video window.", m)
+        self.video_loss_chance = gauge(
+            "video_module_loss_chance_ratio", "Video module's loss divided by its chance value (near 1 = learned nothing).", m
+        )
+        self.video_dead = gauge("video_module_dead_unit_ratio", "Fraction of the video module's units never positive in the window.", m)
+        self.video_windows = counter("video_windows_processed", "Video windows the video learner processed.")
+        self.video_windows_skipped = counter("video_windows_skipped", "Video windows skipped because of non-finite pixels.")
+        self.video_frames = counter("video_frames", "New video frames learned from (each frame counted once).")
+        self.video_rtf = gauge("video_real_time_factor", "Video learner seconds of compute per second of video, newest window.")
+        self.video_model_step = gauge("video_model_step", "Video windows that updated weights so far.")
         # the service itself
         self.stream_clients = gauge("service_stream_clients", "Clients connected to the /v1/stream event stream.")
         self._last_counters = StreamCounters()
@@ -160,6 +175,20 @@ class ServiceMetrics:
             _set(self.fill, fill_ratio)
         if lag_seconds is not None:
             _set(self.lag, lag_seconds)
+
+    def observe_video_step(self, report: VideoStepReport) -> None:
+        """Record one step of the video learner."""
+        self.video_windows.inc()
+        if report.skipped_nonfinite:
+            self.video_windows_skipped.inc()
+        self.video_frames.inc(report.new_frames)
+        _set(self.video_rtf, report.real_time_factor)
+        self.video_model_step.set(report.updates)
+        for mod in report.modules:
+            label = str(mod.module)
+            _set(self.video_loss.labels(label), mod.loss)
+            _set(self.video_loss_chance.labels(label), mod.loss_ratio)
+            _set(self.video_dead.labels(label), mod.dead_fraction)
 
     def observe_probes(self, readout: ProbeReadout) -> None:
         _set(self.probe_accuracy.labels("phone"), readout.phone_accuracy)

@@ -108,3 +108,39 @@ class BoardSnapshot:
         """The 10 ms label frame that contains the centre of ``module``'s output frame ``frame``."""
         hop = self.hop_samples(module)
         return (frame * hop + hop // 2) // FRAME_SAMPLES
+
+
+@dataclass(frozen=True)
+class VideoSnapshot:
+    """The newest window of the video learner that runs beside the audio one (``--source av``).
+
+    Attributes:
+        seq: video windows the board has seen (1 for the first).
+        source_id: the video stream's name.
+        updates: the video learner's model step after the window.
+        start_frame / frames: the window's first frame (stream position) and its number of frames.
+        frame_rate: frames per second of the stream.
+        skipped: whether the window was skipped (non-finite pixels).
+        real_time_factor: compute seconds per second of video of the window.
+        modules: per module, its report on the window.
+        embeddings: per module, ``(frames, channels)`` pooled encoding of every frame of the newest
+            window that was not skipped (``()`` before the first).
+        embedding_start / embedding_updates: that window's first frame and model step.
+    """
+
+    seq: int
+    source_id: str
+    updates: int
+    start_frame: int
+    frames: int
+    frame_rate: float
+    skipped: bool
+    real_time_factor: float
+    modules: tuple[ModuleReport, ...]
+    embeddings: tuple[torch.Tensor, ...]
+    embedding_start: int
+    embedding_updates: int
+
+    def frame_seconds(self, frames: range) -> list[float]:
+        """Stream time, in seconds, of each frame in ``frames`` of the embedding window."""
+        return [(self.embedding_start + t) / self.frame_rate for t in frames]

@@ -324,7 +324,7 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
         if state is not None:
             state.close()
         raise
-    service = None
+    service = board = None
     try:
         from online_gim.learner import OnlineLearner
         from services.session import ListenSession
@@ -341,7 +341,7 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
             session.add_observer(state_options.checkpointer(args, state, learner, source, session.summary.hop))
         if args.record is not None:
             session.add_observer(_recorder(args.record))
-        service = _side_service(args, session, learner, config)
+        service, board = _side_service(args, session, learner, config)
         if interactive:
             session.add_observer(StatusLine(console, session.summary.hop))
     except BaseException:
@@ -351,7 +351,7 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
         if state is not None:
             state.close()
         raise
-    video = listen_video.BesideAudio(args, source, session).start() if args.source == "av" else None
+    video = listen_video.BesideAudio(args, source, session, board=board).start() if args.source == "av" else None
     signals.session = video or session
     from streams.sources.mic import MicrophoneUnavailable
 
@@ -397,9 +397,10 @@ def _recorder(path: Path):
 
 
 def _side_service(args: argparse.Namespace, session, learner, config):
-    """Starts the HTTP service with a LiveBoard observing the session, unless ``--no-http``."""
+    """Starts the HTTP service with a LiveBoard observing the session, unless ``--no-http``.
+    Returns the service's handle and the board (both ``None`` with ``--no-http``)."""
     if args.no_http:
-        return None
+        return None, None
     from services.live import LiveBoard
 
     board = LiveBoard(source=session.summary.source, config=config.model_dump(mode="json"), phone_names=_phone_names(args))
@@ -409,7 +410,7 @@ def _side_service(args: argparse.Namespace, session, learner, config):
     session.add_observer(board)
     board.set_source_state(open=True)
     print(f"online-gim listen: serving {service.url} (dashboard, /docs, /metrics)", file=sys.stderr)
-    return service
+    return service, board
 
 
 def _configure_logging(console) -> None:

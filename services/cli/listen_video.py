@@ -114,9 +114,11 @@ class BesideAudio:
         args: the listen options.
         source: the :class:`~streams.sources.av.AVSource`.
         audio_session: the audio :class:`~services.session.ListenSession`.
+        board: the side service's :class:`~services.live.LiveBoard` (``None`` without it): the
+            video learner publishes every step there too.
     """
 
-    def __init__(self, args: argparse.Namespace, source, audio_session) -> None:
+    def __init__(self, args: argparse.Namespace, source, audio_session, *, board=None) -> None:
         from online_gim.video.learner import VideoLearner
         from services.video_session import VideoListenSession
 
@@ -126,6 +128,9 @@ class BesideAudio:
         self.session = VideoListenSession(
             source.frames, self.learner, frame_rate=_frame_rate(source.frame_rate), source_id=source.video_source_id,
         )
+        if board is not None:
+            board.attach_video(source.video_source_id)
+            self.session.add_observer(board.on_video_step)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="video-learner", daemon=True)
 
