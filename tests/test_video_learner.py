@@ -380,6 +380,35 @@ def test_a_signal_stops_both_learners_of_av_cleanly_at_real_time_pace(tmp_path, 
     assert 0 < summary["frames_processed"] / 25 <= summary["seconds_of_audio"] + 1.0
 
 
+def test_listen_video_learns_from_a_camera_device(tmp_path, small_video_yaml):
+    # FFmpeg's lavfi input is a virtual capture device: the same path as --camera /dev/video0 (v4l2)
+    result = listen(
+        "--source", "video", "--camera", "testsrc=size=64x48:rate=30", "--camera-format", "lavfi",
+        "--camera-option", "fflags=nobuffer", "--video-config", str(small_video_yaml), "--max-windows", "5",
+        "--summary-json", str(tmp_path / "s.json"),
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["source"] == "video:testsrc=size=64x48:rate=30" and summary["stop_reason"] == "max_windows"
+    assert summary["video_frame_rate"] == 30.0 and summary["video_windows_processed"] == 5
+    assert summary["frames_processed"] == 16 + 4 * 12  # first window, then a hop of 12 new frames per window
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--source", "video", "--camera", "/dev/video99"), "cannot open '/dev/video99' as video"),
+        (("--source", "video", "--camera", "testsrc", "--path", "clip.mp4"), "give one"),
+        (("--source", "av", "--camera", "testsrc"), "use it with --source video"),
+        (("--source", "video", "--camera", "testsrc", "--loop"), "no end to start over from"),
+        (("--source", "video", "--camera", "testsrc", "--camera-format", "lavfi", "--camera-option", "rate"), "KEY=VALUE"),
+    ],
+)
+def test_camera_errors_are_one_sentence(args, message):
+    result = listen(*args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
 def test_listen_video_errors_are_one_sentence(tmp_path):
     result = listen("--source", "video")
     assert result.returncode == 2 and "--source video needs --path" in result.stderr

@@ -8,6 +8,7 @@ Examples::
     online-gim listen --source file --path talk.mp3 --speed 2
     online-gim listen --source video --path clip.mp4 --speed max --loop --max-windows 100
     online-gim listen --source av --path clip.mp4          # audio and video learners, one decoder
+    online-gim listen --source video --camera /dev/video0  # a camera (v4l2)
     online-gim listen --source mic --device pulse --duration 60 --summary-json run.json
     online-gim listen --list-devices
 

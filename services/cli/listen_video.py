@@ -26,6 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("video learner (--source video, --source av)")
     group.add_argument("--video-config", type=Path, default=None, metavar="FILE.yaml",
                        help="video learner configuration preset (frame size, window, modules; default: the built-in one)")
+    group.add_argument("--camera", default=None, metavar="DEVICE",
+                       help="video: learn from a camera instead of --path (e.g. /dev/video0); live: "
+                       "the device sets the pace, --speed and --loop do not apply")
+    group.add_argument("--camera-format", default="v4l2", metavar="FORMAT",
+                       help="FFmpeg input format of --camera (default: v4l2; avfoundation on macOS, "
+                       "lavfi for a generated test source)")
+    group.add_argument("--camera-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="FFmpeg option for opening --camera, e.g. framerate=30 or video_size=640x480 (repeatable)")
 
 
 def check(args: argparse.Namespace) -> None:
@@ -34,8 +42,15 @@ def check(args: argparse.Namespace) -> None:
     Raises:
         CliError: ``--path`` missing, or an option the video sources do not support.
     """
-    if not args.path:
-        raise CliError(f"--source {args.source} needs --path FILE|URL")
+    if args.camera is not None:
+        if args.source != "video":
+            raise CliError("--camera is a video source: use it with --source video")
+        if args.path:
+            raise CliError("--camera and --path both name the video: give one")
+        if args.loop:
+            raise CliError("--loop replays a file: a camera has no end to start over from")
+    elif not args.path:
+        raise CliError(f"--source {args.source} needs --path FILE|URL (or --camera DEVICE for --source video)")
     if getattr(args, "state", None) is not None:
         raise CliError(f"--state is not supported with --source {args.source} yet")
     if args.source == "video" and args.record is not None:
@@ -68,6 +83,17 @@ def av_source(args: argparse.Namespace, speed: float | None):
         raise CliError(str(error)) from None
 
 
+def _camera_options(pairs: list[str]) -> dict[str, str]:
+    """``--camera-option KEY=VALUE`` pairs as FFmpeg's options mapping."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--camera-option takes KEY=VALUE, got {pair!r}")
+        options[key] = value
+    return options
+
+
 def _frame_rate(rate: float | None) -> float:
     if rate:
         return rate
@@ -87,8 +113,16 @@ def listen_video(args: argparse.Namespace, signals, speed: float | None) -> tupl
 
     check(args)
     config = video_config(args)
+    size = (config.height, config.width)
     try:
-        source = VideoFrameSource(args.path, size=(config.height, config.width), gray=config.gray)
+        if args.camera is not None:
+            source = VideoFrameSource(
+                args.camera, size=size, gray=config.gray, device_format=args.camera_format,
+                options=_camera_options(args.camera_option),
+            )
+            speed = None  # a camera delivers its frames at its own pace
+        else:
+            source = VideoFrameSource(args.path, size=size, gray=config.gray)
     except (FileNotFoundError, VideoFileError) as error:
         raise CliError(str(error)) from None
     if not args.no_http:
