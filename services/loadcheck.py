@@ -66,6 +66,16 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 180.0) -> N
     raise RuntimeError("listen did not become ready")
 
 
+def stop_listen(process: subprocess.Popen, timeout: float = 60.0) -> None:
+    """SIGINT (listen's clean stop), then wait ``timeout`` seconds; kill it if it is still running."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 async def stream_clients(url: str, clients: int, seconds: float) -> list[int]:
     """``clients`` concurrent SSE readers for ``seconds``; returns the events each received."""
     counts = [0] * clients
@@ -111,11 +121,7 @@ def run_once(args: argparse.Namespace, clients: int) -> dict[str, float]:
         wall_to = time.time()
         points = httpx.get(url + "/v1/history?limit=10000", timeout=10).json()["points"]
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_listen(process, timeout=30)
         log.close()
     per_window = [p["rtf"] for p in points if wall_from <= p["wall"] <= wall_to and p["rtf"] is not None]
     windows = after["online_gim_windows_processed_total"] - before["online_gim_windows_processed_total"]

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from online_gim.memory import MemoryHit
 from online_gim.report import ModuleReport, ProbeReadout, StepReport
@@ -154,6 +155,15 @@ class Feeder(threading.Thread):
     def stop(self) -> None:
         self.halt.set()
         self.join(5)
+
+
+def metric_values(text: str) -> dict[tuple[str, tuple], float]:
+    """``{(sample name, sorted label pairs): value}`` of a Prometheus text exposition."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def make_board(**kwargs) -> LiveBoard:

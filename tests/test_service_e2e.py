@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from services.loadcheck import LISTEN as ONLINE_GIM
-from services.loadcheck import free_port, wait_ready
+from service_support import metric_values
+from services.loadcheck import free_port, stop_listen, wait_ready
 
 LISTEN = [*ONLINE_GIM, "listen"]
 
@@ -40,14 +39,6 @@ def learner_has_probes() -> bool:
     return hasattr(OnlineLearner, "probe_readout") or "probes" in {f.name for f in dataclasses.fields(StepReport)}
 
 
-def metric_values(text: str) -> dict[tuple[str, tuple], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
-
-
 @pytest.fixture(scope="module")
 def listening():
     port = free_port()
@@ -60,12 +51,7 @@ def listening():
         wait_ready(url, process, timeout=240)
         yield url, process
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_listen(process)
 
 
 def wait_windows(url: str, count: int, timeout: float = 120) -> dict:

@@ -5,7 +5,6 @@ real HTTP; and end to end by ``online-gim listen --source av`` as a real process
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -13,14 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from prometheus_client.parser import text_string_to_metric_families
 
-from service_support import make_board
+from service_support import make_board, metric_values
 from online_gim.video import VideoLearner, VideoLearnerConfig
 from online_gim.video.scenes import render_scenes
 from services.http import serve_in_thread
 from services.loadcheck import LISTEN as ONLINE_GIM
-from services.loadcheck import free_port, wait_ready
+from services.loadcheck import free_port, stop_listen, wait_ready
 from streams.video_window import VideoWindow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,14 +36,6 @@ def windows(count: int, *, frame_rate: float = 25.0) -> list[VideoWindow]:
                     source_id="video:scenes", new_frames=SMALL.window_frames if i == 0 else step)
         for i in range(count)
     ]
-
-
-def metric_values(text: str) -> dict[tuple[str, tuple], float]:
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def test_video_embeddings_and_metrics_follow_the_video_learner():
@@ -126,10 +116,5 @@ def test_listen_av_serves_the_video_learners_embeddings(tmp_path):
         assert metrics[("online_gim_video_windows_processed_total", ())] >= 1
         assert metrics[("online_gim_video_frames_total", ())] >= 16
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_listen(process)
     assert process.returncode == 0
