@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
+from online_gim.report import ModuleReport
 from services import learner_view
 from services.api_models import (
     MAX_EMBEDDING_FRAMES,
@@ -35,6 +36,7 @@ from services.api_models import (
     ErrorResponse,
     Health,
     History,
+    ModuleStatus,
     Neighbor,
     Neighbors,
     NeighborsRequest,
@@ -45,7 +47,7 @@ from services.api_models import (
     Readiness,
     SpeakerGuess,
     Status,
-    ModuleStatus,
+    VideoStatus,
     finite_or_none,
 )
 from services.event_stream import EventHub
@@ -381,30 +383,17 @@ def _status(board: LiveBoard) -> Status:
     snap = board.snapshot
     ready, _ = board.readiness()
     uptime = time.time() - board.started_at
+    video = _video_status(board)
     if snap is None:
         return Status(
             source=board.source, source_id=None, ready=ready, stream_seconds=None, source_seconds=None,
             windows_processed=0, windows_dropped=0, windows_skipped=0, samples_in=0, samples_dropped=0,
             real_time_factor=None, real_time_factor_mean=None, buffer_fill_ratio=None, source_lag_seconds=None,
-            step=None, model_step=None, modules=[], config=board.config, uptime_seconds=uptime,
+            step=None, model_step=None, modules=[], config=board.config, uptime_seconds=uptime, video=video,
         )
-    modules = []
-    for rep in snap.modules:
-        emb = snap.embeddings[rep.module] if rep.module < len(snap.embeddings) else None
-        modules.append(ModuleStatus(
-            module=rep.module,
-            updated=rep.updated,
-            loss=finite_or_none(rep.loss),
-            loss_positive=finite_or_none(rep.loss_pos),
-            loss_negative=finite_or_none(rep.loss_neg),
-            loss_chance_ratio=finite_or_none(rep.loss_ratio),
-            active_hinge_fraction=finite_or_none(rep.active_fraction),
-            dead_unit_fraction=finite_or_none(rep.dead_fraction),
-            seconds=finite_or_none(rep.seconds),
-            frames=int(emb.shape[0]) if emb is not None else None,
-            channels=int(emb.shape[1]) if emb is not None and emb.dim() == 2 else None,
-            memory_vectors=snap.memory_sizes.get(rep.module),
-        ))
+    modules = [
+        _module_status(rep, snap.embeddings, snap.memory_sizes.get(rep.module)) for rep in snap.modules
+    ]
     c = snap.counters
     return Status(
         source=board.source,
@@ -426,6 +415,48 @@ def _status(board: LiveBoard) -> Status:
         modules=modules,
         config=board.config,
         uptime_seconds=uptime,
+        video=video,
+    )
+
+
+def _video_status(board: LiveBoard) -> VideoStatus | None:
+    """The video learner's part of ``/v1/status`` (``None`` when the process learns no video)."""
+    if board.video_source is None:
+        return None
+    snap = board.video_snapshot
+    if snap is None:
+        return VideoStatus(
+            source_id=board.video_source, windows_processed=0, stream_seconds=None, window_frames=None,
+            skipped=None, real_time_factor=None, model_step=None, modules=[],
+        )
+    return VideoStatus(
+        source_id=snap.source_id,
+        windows_processed=snap.seq,
+        stream_seconds=(snap.start_frame + snap.frames) / snap.frame_rate,
+        window_frames=snap.frames,
+        skipped=snap.skipped,
+        real_time_factor=finite_or_none(snap.real_time_factor),
+        model_step=snap.updates,
+        modules=[_module_status(rep, snap.embeddings, None) for rep in snap.modules],
+    )
+
+
+def _module_status(rep: ModuleReport, embeddings: tuple[torch.Tensor, ...], memory_vectors: int | None) -> ModuleStatus:
+    """One module's line of ``/v1/status``; ``embeddings`` are the stack's newest ``(frames, channels)`` outputs."""
+    emb = embeddings[rep.module] if rep.module < len(embeddings) else None
+    return ModuleStatus(
+        module=rep.module,
+        updated=rep.updated,
+        loss=finite_or_none(rep.loss),
+        loss_positive=finite_or_none(rep.loss_pos),
+        loss_negative=finite_or_none(rep.loss_neg),
+        loss_chance_ratio=finite_or_none(rep.loss_ratio),
+        active_hinge_fraction=finite_or_none(rep.active_fraction),
+        dead_unit_fraction=finite_or_none(rep.dead_fraction),
+        seconds=finite_or_none(rep.seconds),
+        frames=int(emb.shape[0]) if emb is not None else None,
+        channels=int(emb.shape[1]) if emb is not None and emb.dim() == 2 else None,
+        memory_vectors=memory_vectors,
     )
 
 

@@ -54,6 +54,17 @@ class ModuleStatus(BaseModel):
     memory_vectors: int | None = Field(description="Vectors stored in the module's FAISS memory.")
 
 
+class VideoStatus(BaseModel):
+    source_id: str = Field(description="The video stream (listen --source av).")
+    windows_processed: int = Field(description="Video windows the video learner processed.")
+    stream_seconds: float | None = Field(description="Video time of the newest window's end.")
+    window_frames: int | None = Field(description="Frames in the newest window.")
+    skipped: bool | None = Field(description="Whether the newest window was skipped (non-finite pixels).")
+    real_time_factor: float | None = Field(description="Compute seconds per video second, newest window.")
+    model_step: int | None = Field(description="Video windows that updated weights so far.")
+    modules: list[ModuleStatus]
+
+
 class Status(BaseModel):
     source: str = Field(description="The stream as the listen command named it.")
     source_id: str | None
@@ -74,6 +85,7 @@ class Status(BaseModel):
     modules: list[ModuleStatus]
     config: dict[str, Any] = Field(description="Summary of the learner's configuration.")
     uptime_seconds: float
+    video: VideoStatus | None = Field(None, description="The video learner beside the audio one, if any.")
 
 
 class Embeddings(BaseModel):

@@ -47,11 +47,11 @@ from services.drift_monitor import DriftConfig, DriftMonitor, DriftReading
 from services.metrics import ServiceMetrics
 from services.snapshot import BoardSnapshot, ProjectionSample, VideoSnapshot
 from streams.counters import StreamCounters
-from streams.video_window import VideoWindow
 from streams.window import SAMPLE_RATE, UNKNOWN_LABEL, AudioWindow
 
 if TYPE_CHECKING:
     from online_gim.video.learner import VideoStepReport
+    from streams.video_window import VideoWindow
 
 log = logging.getLogger(__name__)
 

@@ -43,10 +43,13 @@ def test_video_embeddings_and_metrics_follow_the_video_learner():
     handle = serve_in_thread(board, "127.0.0.1", 0, None)
     url = handle.url + "/v1/embeddings/latest"
     try:
+        status = handle.url + "/v1/status"
         no_video = httpx.get(url, params={"stream": "video"}, timeout=10)
         assert no_video.status_code == 404 and "no video stream" in no_video.json()["detail"]
+        assert httpx.get(status, timeout=10).json()["video"] is None
         board.attach_video("video:scenes")
         assert httpx.get(url, params={"stream": "video"}, timeout=10).status_code == 404  # no window yet
+        assert httpx.get(status, timeout=10).json()["video"]["windows_processed"] == 0
 
         learner = VideoLearner(SMALL)
         stream = windows(8, frame_rate=30.0)
@@ -62,6 +65,13 @@ def test_video_embeddings_and_metrics_follow_the_video_learner():
             assert body["hop_seconds"] == pytest.approx(1 / 30)
             assert body["times"] == pytest.approx([(last.start_frame + t) / 30 for t in range(last.num_frames - 5, last.num_frames)])
             torch.testing.assert_close(torch.tensor(body["values"]), expected[-5:])
+        video = httpx.get(status, timeout=10).json()["video"]
+        assert video["source_id"] == "video:scenes" and video["windows_processed"] == 8
+        assert video["model_step"] == learner.updates and video["window_frames"] == last.num_frames
+        assert video["stream_seconds"] == pytest.approx((last.start_frame + last.num_frames) / 30)
+        assert [m["module"] for m in video["modules"]] == list(range(len(SMALL.encoder.convs)))
+        assert [m["loss"] for m in video["modules"]] == pytest.approx([m.loss for m in report.modules])
+        assert [m["channels"] for m in video["modules"]] == [c.channels for c in SMALL.encoder.convs]
         top = httpx.get(url, params={"stream": "video"}, timeout=10).json()
         assert top["module"] == len(SMALL.encoder.convs) - 1
         assert httpx.get(url, params={"stream": "video", "module": 2}, timeout=10).status_code == 404
