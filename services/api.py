@@ -430,7 +430,7 @@ def _video_status(board: LiveBoard) -> VideoStatus | None:
             skipped=None, real_time_factor=None, model_step=None, modules=[],
         )
     return VideoStatus(
-        source_id=snap.source_id,
+        source_id=board.video_source,
         windows_processed=snap.seq,
         stream_seconds=(snap.start_frame + snap.frames) / snap.frame_rate,
         window_frames=snap.frames,

@@ -272,7 +272,6 @@ class LiveBoard:
             self._video_seq += 1
             self._video = VideoSnapshot(
                 seq=self._video_seq,
-                source_id=window.source_id,
                 updates=report.updates,
                 start_frame=window.start_frame,
                 frames=window.num_frames,

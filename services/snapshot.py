@@ -116,7 +116,6 @@ class VideoSnapshot:
 
     Attributes:
         seq: video windows the board has seen (1 for the first).
-        source_id: the video stream's name.
         updates: the video learner's model step after the window.
         start_frame / frames: the window's first frame (stream position) and its number of frames.
         frame_rate: frames per second of the stream.
@@ -129,7 +128,6 @@ class VideoSnapshot:
     """
 
     seq: int
-    source_id: str
     updates: int
     start_frame: int
     frames: int
