@@ -26,14 +26,17 @@ class ConvModule(nn.Module):
         encode how its input varies within the window, and every unit fires on about half of
         every window's frames. :meth:`forward_window` differentiates through the statistics
         (what end-to-end training back-propagates through: with them held constant, the e2e
-        baselines collapsed to speaker identity, docs/stability.md); :meth:`forward_frames`, the
-        greedy sub-window recompute, uses the stored statistics of the window as constants.
+        baselines collapsed to speaker identity, docs/stability.md). :meth:`forward_frames`, the
+        greedy sub-window recompute, normalises with the stored statistics of the window and
+        differentiates through the statistics of the recomputed frames (a straight-through
+        estimate of how the window's statistics move with the weights; with the statistics held
+        constant the greedy modules lost phone information, docs/eval/learning-curve.md).
         ``frame``: each frame standardised across channels (CPC_audio's ChannelNorm, no affine).
         ``none``: plain Conv1d + ReLU.
 
     Frames are local: output frame ``j`` depends on input frames ``[j*stride - padding,
-    j*stride - padding + kernel)`` only (the statistics are constants), so a sub-range of output
-    frames can be recomputed from a slice of the input (:meth:`forward_frames`).
+    j*stride - padding + kernel)`` only (given the statistics), so a sub-range of output frames
+    can be recomputed from a slice of the input (:meth:`forward_frames`).
 
     Parameters:
         in_channels: channels of the input.
@@ -64,8 +67,8 @@ class ConvModule(nn.Module):
         return F.pad(x, (self.layer.padding, self.layer.padding))
 
     def _normalise_and_rectify(self, pre: torch.Tensor) -> torch.Tensor:
-        """``(1, C, T)`` pre-activations -> ``(1, C, T)`` outputs."""
-        if self.norm in ("time", "window"):
+        """``(1, C, T)`` pre-activations -> ``(1, C, T)`` outputs (``time``, ``frame``, ``none``)."""
+        if self.norm == "time":
             pre = (pre - self.running_mean[:, None]) * torch.rsqrt(self.running_var[:, None] + _EPS)
         elif self.norm == "frame":
             mean = pre.mean(dim=1, keepdim=True)
@@ -112,11 +115,19 @@ class ConvModule(nn.Module):
             x: ``(1, C_in, T_in)`` the whole input window.
             first, stop: output frame range.
         Returns:
-            ``(1, C, stop - first)``, equal to ``forward_window(x)[..., first:stop]``.
+            ``(1, C, stop - first)``, equal to ``forward_window(x)[..., first:stop]``. For ``window``
+            norm its gradient also flows through the mean and variance of the recomputed
+            pre-activations (their values are replaced by the window's): with ``[first, stop)``
+            the whole window it is exactly ``forward_window``'s gradient.
         """
         stride, kernel = self.layer.stride, self.layer.kernel
-        padded = self._pad(x)
-        return self._normalise_and_rectify(self.conv(padded[..., first * stride : (stop - 1) * stride + kernel]))
+        pre = self.conv(self._pad(x)[..., first * stride : (stop - 1) * stride + kernel])
+        if self.norm != "window":
+            return self._normalise_and_rectify(pre)
+        mean, var = pre.mean(dim=(0, 2)), pre.var(dim=(0, 2), unbiased=False)
+        mean = self.running_mean + (mean - mean.detach())  # the window's value, the recompute's gradient
+        var = self.running_var + (var - var.detach())
+        return torch.relu((pre - mean[:, None]) * torch.rsqrt(var[:, None] + _EPS))
 
     def output_frames(self, input_frames: int) -> int:
         return (input_frames + 2 * self.layer.padding - self.layer.kernel) // self.layer.stride + 1

@@ -34,10 +34,12 @@ def test_window_norm_uses_each_inputs_own_statistics() -> None:
         assert torch.all((active > 0.1) & (active < 0.9)), active
 
 
-def test_window_norm_differentiates_through_its_statistics_and_the_recompute_does_not() -> None:
+def test_window_norm_differentiates_through_its_statistics_in_the_window_pass_and_the_recompute() -> None:
     """The whole-window pass is instance normalisation: a conv bias only shifts a channel's level,
     which the normalisation removes, so through the statistics the bias gets no gradient. The greedy
-    sub-window recompute holds the window's statistics constant, so there it does."""
+    sub-window recompute has the window's values and the gradient through its own frames'
+    statistics: over the whole window it is the window pass's gradient, over part of it the bias
+    still gets none (with the statistics held constant, it would)."""
     torch.manual_seed(0)
     module = ConvModule(1, LAYER, norm="window", momentum=0.05)
     x = torch.randn(1, 1, 4000)
@@ -46,9 +48,22 @@ def test_window_norm_differentiates_through_its_statistics_and_the_recompute_doe
     pre = module.conv(module._pad(x)).detach()
     instance_norm = (pre - pre.mean(dim=2, keepdim=True)) / pre.std(dim=2, unbiased=False, keepdim=True)
     assert torch.allclose(whole, torch.relu(instance_norm), atol=1e-4)
-    (whole * readout).sum().backward()
-    through_statistics = module.conv.bias.grad.clone()
-    module.zero_grad()
-    (module.forward_frames(x, 0, whole.shape[2]) * readout).sum().backward()
-    constant_statistics = module.conv.bias.grad.clone()
-    assert through_statistics.abs().max() < 1e-3 * constant_statistics.abs().max()
+
+    def gradients(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        module.zero_grad()
+        (output * readout).sum().backward()
+        return module.conv.weight.grad.clone(), module.conv.bias.grad.clone()
+
+    weight_window, bias_window = gradients(whole)
+    assert bias_window.abs().max() < 1e-4 * weight_window.abs().max()
+    weight_recompute, bias_recompute = gradients(module.forward_frames(x, 0, whole.shape[2]))
+    assert torch.allclose(weight_recompute, weight_window, atol=1e-4 * weight_window.abs().max())
+    part = module.forward_frames(x, 100, 240)
+    assert torch.allclose(part, whole[..., 100:240].detach(), atol=1e-5)
+    weight_part, bias_part = gradients(part)
+    assert bias_part.abs().max() < 1e-4 * weight_part.abs().max() and weight_part.abs().max() > 0
+    constant = torch.relu((module.conv(module._pad(x)[..., 500 : 239 * 5 + 10]) - module.running_mean[:, None])
+                          * torch.rsqrt(module.running_var[:, None] + 1e-5))
+    assert torch.allclose(constant, part.detach(), atol=1e-5)
+    _, bias_constant = gradients(constant)
+    assert bias_constant.abs().max() > 1e-2 * weight_part.abs().max()
