@@ -67,6 +67,21 @@ class VideoEncoderConfig(_Strict):
     encoding: Literal["mean", "standardised", "direction"] = "direction"
 
 
+class DecorrelationConfig(_Strict):
+    """The decorrelation term added to every video module's local loss
+    (:class:`online_gim.video.decorrelation.EncodingDecorrelation`).
+
+    Attributes:
+        weight: its weight next to the CLAPP loss (0 turns it off). Without it the modules'
+            encodings collapse onto a few directions and frame retrieval ends below random init
+            (docs/video.md).
+        momentum: weight of the newest window in the running covariance of the encodings.
+    """
+
+    weight: float = Field(default=20.0, ge=0)
+    momentum: float = Field(default=0.1, gt=0, le=1)
+
+
 class VideoLearnerConfig(_Strict):
     """Everything the video learner needs.
 
@@ -86,6 +101,7 @@ class VideoLearnerConfig(_Strict):
             stream frame numbers, so ``exclusion_frames`` (default ``2 * window_frames``) keeps the
             anchor's neighbouring frames out of its negatives.
         optim: per-module Adam.
+        decorrelation: the term against collapsed encodings added to every module's loss.
     """
 
     height: int = Field(default=48, gt=0)
@@ -100,6 +116,7 @@ class VideoLearnerConfig(_Strict):
     loss: LossConfig = LossConfig(prediction_steps=4)
     memory: MemoryConfig = MemoryConfig(capacity=1024, writes_per_window=16)
     optim: OptimConfig = OptimConfig(lr=5e-4)
+    decorrelation: DecorrelationConfig = DecorrelationConfig()
 
     @model_validator(mode="before")
     @classmethod

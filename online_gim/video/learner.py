@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from online_gim.memory import NegativeMemory
 from online_gim.report import ModuleReport, StepReport
 from online_gim.video.config import VideoLearnerConfig
 from online_gim.video.conv import VideoConvModule
+from online_gim.video.decorrelation import EncodingDecorrelation
 from streams.video_window import VideoWindow
 
 
@@ -58,7 +59,9 @@ class VideoLearner:
     Negatives are pooled encodings of earlier frames from the module's FAISS memory, never frames
     of the same stream within ``exclusion_frames`` of the anchor (their content is the anchor's own).
     The heads, losses, memories, objectives, schedules and the guarded optimiser step are the
-    audio learner's (:mod:`online_gim.local_update`).
+    audio learner's (:mod:`online_gim.local_update`). Each module's loss also has a decorrelation
+    term (:class:`EncodingDecorrelation`, ``config.decorrelation``) that keeps its encodings from
+    collapsing onto a few directions; the report shows the CLAPP loss alone.
 
     ``step(window)`` is the one way to feed data in: it normalises the frames with running input
     statistics, runs the stack, writes the window's new frames into every memory, updates the
@@ -102,6 +105,9 @@ class VideoLearner:
                 )
             )
             in_channels = layer.channels
+        self.decorrelations = [
+            EncodingDecorrelation(layer.channels, momentum=config.decorrelation.momentum) for layer in config.encoder.convs
+        ]
         self._schedule = ModuleSchedule(config.schedule, len(self.stages), self._rng)
         self.steps = 0
         self.updates = 0
@@ -155,7 +161,7 @@ class VideoLearner:
             with torch.set_grad_enabled(learn):
                 out, pooled = stage.module(h, update_statistics=True)  # (T, C, H', W'), (T, C)
             self._remember(stage, pooled.detach(), window)
-            parts = self._update(stage, pooled, window) if learn else None
+            parts = self._update(index, pooled, window) if learn else None
             h = out.detach()
             embeddings.append(pooled.detach())
             reports.append(module_report(index, parts, out.detach().amax(dim=(2, 3)), module_started))
@@ -173,13 +179,21 @@ class VideoLearner:
         chosen = np.sort(self._rng.choice(new, size=count, replace=False))
         stage.memory.add(pooled[torch.from_numpy(chosen)], window.positions[chosen], source_id=window.source_id, step=self.updates)
 
-    def _update(self, stage: LocalStage, pooled: torch.Tensor, window: VideoWindow) -> LossParts | None:
-        """The temporal CLAPP loss of every anchor ``t`` with ``t + K`` inside the window, and the
-        module's optimiser step."""
+    def _update(self, index: int, pooled: torch.Tensor, window: VideoWindow) -> LossParts | None:
+        """Module ``index``'s temporal CLAPP loss of every anchor ``t`` with ``t + K`` inside the
+        window, plus the decorrelation term of the window's ``(T, C)`` encodings ``pooled``, and
+        the module's optimiser step. Returns the CLAPP loss's parts (what the report shows), or the
+        sum's when the sum was not finite (nothing was updated)."""
+        stage = self.stages[index]
         anchors = torch.arange(window.num_frames - self.config.loss.prediction_steps)
         positions = window.positions[anchors.numpy()]
         parts = stage.objective(pooled[anchors], pooled, anchors, positions, source_id=window.source_id)
-        return apply_local_loss(stage.optimizer, parts, self.config.optim.grad_clip)
+        weight = self.config.decorrelation.weight
+        if parts is None or weight == 0:
+            return apply_local_loss(stage.optimizer, parts, self.config.optim.grad_clip)
+        total = replace(parts, loss=parts.loss + weight * self.decorrelations[index].penalty(pooled))
+        applied = apply_local_loss(stage.optimizer, total, self.config.optim.grad_clip)
+        return parts if bool(torch.isfinite(applied.loss)) else total
 
     def _report(
         self, window: VideoWindow, modules: list[ModuleReport], embeddings: list[torch.Tensor], started: float, *, skipped: bool
@@ -235,8 +249,9 @@ class VideoLearner:
                     "head": stage.head.state_dict(),
                     "optimizer": stage.optimizer.state_dict(),
                     "memory": stage.memory.state_dict(),
+                    "decorrelation": decorrelation.state_dict(),
                 }
-                for stage in self.stages
+                for stage, decorrelation in zip(self.stages, self.decorrelations)
             ],
             "counters": {
                 "steps": self.steps,
@@ -258,8 +273,9 @@ class VideoLearner:
         if saved != self.config:
             raise ValueError("video learner state was saved with a different config")
         self.input_norm.load_state_dict(state["input_norm"])
-        for stage, saved_stage in zip(self.stages, state["stages"]):
+        for stage, decorrelation, saved_stage in zip(self.stages, self.decorrelations, state["stages"]):
             stage.module.load_state_dict(saved_stage["module"])
+            decorrelation.load_state_dict(saved_stage["decorrelation"])
             stage.head.load_state_dict(saved_stage["head"])
             stage.optimizer.load_state_dict(saved_stage["optimizer"])
             stage.memory.load_state_dict(saved_stage["memory"])
