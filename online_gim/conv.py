@@ -11,6 +11,16 @@ from online_gim.config import ConvLayerConfig
 _EPS = 1e-5
 
 
+def _channel_statistics(pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(1, C, T)`` pre-activations -> each channel's ``(C,)`` mean and (biased) variance over time."""
+    return pre.mean(dim=(0, 2)), pre.var(dim=(0, 2), unbiased=False)
+
+
+def _standardise(pre: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """``(1, C, T)`` pre-activations standardised per channel by ``(C,)`` statistics."""
+    return (pre - mean[:, None]) * torch.rsqrt(var[:, None] + _EPS)
+
+
 class ConvModule(nn.Module):
     """Conv1d, then a normalisation that keeps every unit alive, then ReLU.
 
@@ -69,7 +79,7 @@ class ConvModule(nn.Module):
     def _normalise_and_rectify(self, pre: torch.Tensor) -> torch.Tensor:
         """``(1, C, T)`` pre-activations -> ``(1, C, T)`` outputs (``time``, ``frame``, ``none``)."""
         if self.norm == "time":
-            pre = (pre - self.running_mean[:, None]) * torch.rsqrt(self.running_var[:, None] + _EPS)
+            pre = _standardise(pre, self.running_mean, self.running_var)
         elif self.norm == "frame":
             mean = pre.mean(dim=1, keepdim=True)
             var = pre.var(dim=1, keepdim=True, unbiased=False)
@@ -101,11 +111,11 @@ class ConvModule(nn.Module):
         """
         pre = self.conv(self._pad(x))
         if self.norm == "window" or (self.norm == "time" and update_statistics):
-            mean, var = pre.mean(dim=(0, 2)), pre.var(dim=(0, 2), unbiased=False)  # the window's, once
+            mean, var = _channel_statistics(pre)  # the window's, once
             if update_statistics:
                 self._fold_statistics(mean.detach(), var.detach())
             if self.norm == "window":
-                return torch.relu((pre - mean[:, None]) * torch.rsqrt(var[:, None] + _EPS))
+                return torch.relu(_standardise(pre, mean, var))
         return self._normalise_and_rectify(pre)
 
     def forward_frames(self, x: torch.Tensor, first: int, stop: int) -> torch.Tensor:
@@ -124,10 +134,10 @@ class ConvModule(nn.Module):
         pre = self.conv(self._pad(x)[..., first * stride : (stop - 1) * stride + kernel])
         if self.norm != "window":
             return self._normalise_and_rectify(pre)
-        mean, var = pre.mean(dim=(0, 2)), pre.var(dim=(0, 2), unbiased=False)
+        mean, var = _channel_statistics(pre)
         mean = self.running_mean + (mean - mean.detach())  # the window's value, the recompute's gradient
         var = self.running_var + (var - var.detach())
-        return torch.relu((pre - mean[:, None]) * torch.rsqrt(var[:, None] + _EPS))
+        return torch.relu(_standardise(pre, mean, var))
 
     def output_frames(self, input_frames: int) -> int:
         return (input_frames + 2 * self.layer.padding - self.layer.kernel) // self.layer.stride + 1

@@ -192,8 +192,8 @@ class VideoLearner:
         if parts is None or weight == 0:
             return apply_local_loss(stage.optimizer, parts, self.config.optim.grad_clip)
         total = replace(parts, loss=parts.loss + weight * self.decorrelations[index].penalty(pooled))
-        applied = apply_local_loss(stage.optimizer, total, self.config.optim.grad_clip)
-        return parts if bool(torch.isfinite(applied.loss)) else total
+        apply_local_loss(stage.optimizer, total, self.config.optim.grad_clip)
+        return parts if bool(torch.isfinite(total.loss)) else total
 
     def _report(
         self, window: VideoWindow, modules: list[ModuleReport], embeddings: list[torch.Tensor], started: float, *, skipped: bool
