@@ -113,6 +113,8 @@ class VideoListenSession:
         speed: pace in multiples of real time; ``None`` = as fast as the learner goes.
         max_seconds: end the stream after this many seconds of video.
         max_windows: stop after this many windows.
+        origin: frame number of the first frame (a run resuming a saved learner goes on from the
+            saved stream position).
         observers: called as ``observer(window, report)`` after every step.
     """
 
@@ -128,6 +130,7 @@ class VideoListenSession:
         speed: float | None = None,
         max_seconds: float | None = None,
         max_windows: int | None = None,
+        origin: int = 0,
         observers: Sequence[VideoObserver] = (),
     ) -> None:
         config = getattr(learner, "config", None)
@@ -143,7 +146,7 @@ class VideoListenSession:
             raise ValueError(f"max_windows must be at least 1, got {max_windows}")
         self.frames = frames
         self.learner = learner
-        self.windower = VideoWindower(window=window, hop=hop, frame_rate=frame_rate, source_id=source_id)
+        self.windower = VideoWindower(window=window, hop=hop, frame_rate=frame_rate, source_id=source_id, origin=origin)
         self.speed = speed
         self.max_seconds = max_seconds
         self.max_windows = max_windows

@@ -4,7 +4,7 @@ A :class:`VideoWindower` turns a stream of :class:`~streams.sources.video.VideoF
 :class:`VideoWindow` s of ``window`` consecutive frames, a new one every ``hop`` frames, and at the
 end of the stream (:meth:`VideoWindower.flush`) one last window that covers the frames no window
 has covered yet, so that every frame is learned from. Frames are numbered by their **stream
-position** (0, 1, 2, ... since the stream started, on across the passes of a looping file), and
+position** (``origin``, ``origin + 1``, ... since the stream started, on across the passes of a looping file), and
 timed by their stream time (the frame's own timestamp plus the length of the earlier passes).
 
 Usage::
@@ -90,29 +90,35 @@ class VideoWindower:
         hop: frames between window starts, ``1 <= hop <= window`` (``hop < window``: windows overlap).
         frame_rate: nominal frames per second (the length of a frame, in stream time).
         source_id: the stream's name, given to every window.
+        origin: stream position (frame number) of the first frame pushed: a run that resumes a
+            learner's state goes on from where the last one stopped (its stream time from
+            ``origin / frame_rate``).
 
     Attributes:
         frames_in: frames pushed so far.
         frames_windowed: frames that have been in a window so far (each counted once).
     """
 
-    def __init__(self, *, window: int, hop: int, frame_rate: float, source_id: str = "video") -> None:
+    def __init__(self, *, window: int, hop: int, frame_rate: float, source_id: str = "video", origin: int = 0) -> None:
         if window < 1:
             raise ValueError(f"window must be at least 1 frame, got {window}")
         if not 1 <= hop <= window:
             raise ValueError(f"hop must be between 1 and the window ({window}), got {hop}")
         if not frame_rate > 0:
             raise ValueError(f"frame_rate must be positive, got {frame_rate}")
+        if origin < 0:
+            raise ValueError(f"origin must be >= 0, got {origin}")
         self.window = window
         self.hop = hop
         self.frame_rate = float(frame_rate)
         self.source_id = source_id
+        self.origin = origin
         self._reset()
 
     def _reset(self) -> None:
         self._images: deque[torch.Tensor] = deque(maxlen=self.window)
         self._times: deque[float] = deque(maxlen=self.window)
-        self._pass_offset = 0.0
+        self._pass_offset = self.origin / self.frame_rate
         self._last_pts: float | None = None
         self._next_start = 0  # stream position of the next window's first frame
         self.frames_in = 0
@@ -152,7 +158,7 @@ class VideoWindower:
         times = np.array(list(self._times)[-count:], dtype=np.float64)
         return VideoWindow(
             frames=torch.stack(images),
-            start_frame=first,
+            start_frame=self.origin + first,
             times=times,
             frame_rate=self.frame_rate,
             source_id=self.source_id,

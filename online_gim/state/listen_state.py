@@ -35,10 +35,10 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable
 
-from online_gim.state.store import Checkpoint, CheckpointStore
+from online_gim.state.checkpointer import PeriodicCheckpointer, RunState
+from online_gim.state.store import CheckpointStore
 from streams.sources.librispeech import LibriSpeechReplay, ReplayPosition
 from streams.window import SAMPLE_RATE, AudioWindow
 
@@ -123,13 +123,9 @@ def stream_point(source: object, next_sample: int) -> StreamPoint:
     return StreamPoint(next_sample, source_id, source.locate(next_sample), replay_fingerprint(source))
 
 
-class Checkpointer:
-    """A :class:`~services.session.StepObserver` that checkpoints a listen run.
-
-    Saves after every ``every_windows`` windows and once ``every_seconds`` (wall clock) have passed
-    since the last save (0 disables either), and at :meth:`close` when windows were learned since.
-    A failed save (disk full, ...) is logged and listening goes on; the previous checkpoints stay.
-    ``close`` releases the state directory.
+class Checkpointer(PeriodicCheckpointer):
+    """A :class:`~services.session.StepObserver` that checkpoints an audio listen run (the schedule
+    is :class:`PeriodicCheckpointer`'s).
 
     Parameters:
         store: where to save.
@@ -153,34 +149,21 @@ class Checkpointer:
         every_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if every_windows < 0 or every_seconds < 0:
-            raise ValueError("checkpoint periods must be >= 0 (0 = off)")
-        self.store = store
+        super().__init__(store, every_windows=every_windows, every_seconds=every_seconds, clock=clock)
         self.learner = learner
         self.source = source
         self.hop = hop
         self.totals = totals
-        self.every_windows = every_windows
-        self.every_seconds = every_seconds
-        self._clock = clock
-        self._last_save = clock()
-        self._unsaved = 0
         self._next_sample: int | None = None
-        self.written = 0
 
     def on_step(self, window: AudioWindow, report: object, counters: object) -> None:
         self.totals.count(window)
         self._next_sample = window.start_sample + self.hop
-        self._unsaved += 1
-        due_windows = self.every_windows and self._unsaved >= self.every_windows
-        due_time = self.every_seconds and self._clock() - self._last_save >= self.every_seconds
-        if due_windows or due_time:
-            self.save()
+        self.window_learned()
 
-    def save(self) -> None:
-        """Writes a checkpoint of the learner as it is after the last window."""
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
         if self._next_sample is None:
-            return
+            return None
         point = stream_point(self.source, self._next_sample)
         state = {"learner": self.learner.state_dict(), "stream": point.to_dict(), "listen": self.totals.to_dict()}
         info = {
@@ -188,25 +171,11 @@ class Checkpointer:
             "windows": self.totals.windows,
             "stream_seconds": point.next_sample / SAMPLE_RATE,
         }
-        try:
-            self.store.save(state, info)
-        except OSError as error:
-            log.error("checkpoint not written to %s (%s); the previous ones are kept", self.store.directory, error)
-            return
-        self.written += 1
-        self._unsaved = 0
-        self._last_save = self._clock()
-
-    def close(self) -> None:
-        try:
-            if self._unsaved:
-                self.save()
-        finally:
-            self.store.close()
+        return state, info
 
 
-class ListenState:
-    """A state directory opened for a listen run: what to resume from, and the checkpointer.
+class ListenState(RunState):
+    """A state directory opened for an audio listen run: what to resume from, and the checkpointer.
 
     Parameters:
         directory: the state directory (created when missing).
@@ -214,33 +183,27 @@ class ListenState:
 
     Raises:
         CheckpointError: the directory is unusable, locked by another process, has no intact
-            checkpoint or one of another format version (see :class:`CheckpointStore`).
+            checkpoint or one of another format version (see :class:`CheckpointStore`), or holds
+            the video learner's checkpoints.
     """
 
-    def __init__(self, directory: str | Path, *, keep: int = 3) -> None:
-        self.store = CheckpointStore(directory, keep=keep)
-        try:
-            self.checkpoint: Checkpoint | None = self.store.load_newest()
-            saved = self.checkpoint.state if self.checkpoint is not None else None
-            self.point = StreamPoint.from_dict(saved["stream"]) if saved else None
-            self.totals = ListenTotals.from_dict(saved["listen"]) if saved else ListenTotals()
-        except BaseException:
-            self.store.close()
-            raise
-        self.totals.runs += 1
-        self._checkpointer: Checkpointer | None = None
+    learner_key = "learner"
+    other_learners = {"video_learner": "--source video"}
 
-    @property
-    def resumed_from_step(self) -> int:
-        """Model step (learner updates) of the checkpoint resumed from; 0 on a fresh start."""
-        if self.checkpoint is None:
-            return 0
-        return int(self.checkpoint.state["learner"]["counters"]["updates"])
+    def _read(self, saved: dict[str, Any] | None) -> None:
+        self.point = StreamPoint.from_dict(saved["stream"]) if saved else None
+        self.totals = ListenTotals.from_dict(saved["listen"]) if saved else ListenTotals()
+        self.totals.runs += 1
 
     @property
     def origin(self) -> int:
         """Stream position of the first sample of this run (the ring buffer's ``origin``)."""
         return self.point.next_sample if self.point is not None else 0
+
+    def describe(self) -> str:
+        """What the checkpoint resumed from holds, for people."""
+        totals = self.totals
+        return f"{totals.windows} windows, {totals.utterances} utterances, stream at {self.origin / SAMPLE_RATE:.2f} s"
 
     @property
     def fresh_start(self) -> ReplayPosition:
@@ -272,16 +235,6 @@ class ListenState:
         )
         return False
 
-    def restore(self, learner: Any) -> None:
-        """Loads the saved learner state into ``learner`` (nothing on a fresh start).
-
-        Raises:
-            ValueError: the checkpoint was written with another learner configuration (the message
-                names the first differing field).
-        """
-        if self.checkpoint is not None:
-            learner.load_state_dict(self.checkpoint.state["learner"])
-
     def checkpointer(
         self, learner: Any, source: object, *, hop: int, every_windows: int = 0, every_seconds: float = 0.0
     ) -> Checkpointer:
@@ -291,12 +244,3 @@ class ListenState:
             every_windows=every_windows, every_seconds=every_seconds,
         )
         return self._checkpointer
-
-    def summary_fields(self) -> dict[str, int]:
-        """``resumed_from_step`` and ``checkpoints_written`` for the listen summary."""
-        written = self._checkpointer.written if self._checkpointer is not None else 0
-        return {"resumed_from_step": self.resumed_from_step, "checkpoints_written": written}
-
-    def close(self) -> None:
-        """Releases the state directory (when no checkpointer took it over, or on an error path)."""
-        self.store.close()

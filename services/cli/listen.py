@@ -307,6 +307,8 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
         if failed:
             print(f"online-gim listen: error: {document['video_error']}", file=sys.stderr)
         return 1 if failed else 0
+    if args.source == "av":
+        listen_video.check(args)  # before the state directory is opened
     config, schedule = _learner_config(args)
     if args.hop is not None and not 0 < args.hop <= config.window:
         raise CliError(f"--hop must be between 1 and the window ({config.window})")
@@ -339,7 +341,7 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
             schedule_name=schedule, origin=state.origin if state is not None else 0,
         )
         if state is not None:
-            session.add_observer(state_options.checkpointer(args, state, learner, source, session.summary.hop))
+            session.add_observer(state_options.checkpointer(args, state, learner, source=source, hop=session.summary.hop))
         if args.record is not None:
             session.add_observer(_recorder(args.record))
         service, board = _side_service(args, session, learner, config)

@@ -9,6 +9,8 @@ the summary holds both (the video keys are those of :class:`VideoListenSummary`)
 
 The video learner's settings come from ``--video-config FILE.yaml`` (a
 :class:`~online_gim.video.config.VideoLearnerConfig` preset; frame size, window, modules ...).
+``--state DIR`` keeps the video learner's checkpoints and resumes from them
+(:mod:`online_gim.state.video_state`; ``--source video`` only).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from services.cli import CliError
+from services.cli import state as state_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,8 +54,8 @@ def check(args: argparse.Namespace) -> None:
             raise CliError("--loop replays a file: a camera has no end to start over from")
     elif not args.path:
         raise CliError(f"--source {args.source} needs --path FILE|URL (or --camera DEVICE for --source video)")
-    if getattr(args, "state", None) is not None:
-        raise CliError(f"--state is not supported with --source {args.source} yet")
+    if args.source == "av" and getattr(args, "state", None) is not None:
+        raise CliError("--state is not supported with --source av yet (it is with --source video and the audio sources)")
     if args.source == "video" and args.record is not None:
         raise CliError("--record writes audio: use it with --source av, not --source video")
 
@@ -128,14 +131,34 @@ def listen_video(args: argparse.Namespace, signals, speed: float | None) -> tupl
     if not args.no_http:
         print("online-gim listen: the side service shows the audio learner; --source video runs without it",
               file=sys.stderr)
-    session = VideoListenSession(
-        repeat_passes(source) if args.loop else source, VideoLearner(config),
-        frame_rate=_frame_rate(source.frame_rate), source_id=source.source_id, speed=speed,
-        max_seconds=args.duration, max_windows=args.max_windows,
-    )
+    state = None
+    try:
+        state = state_options.open_listen_state(args, video=True)  # None without --state
+        learner = VideoLearner(config)
+        if state is not None:
+            state_options.restore(state, learner)
+        session = VideoListenSession(
+            repeat_passes(source) if args.loop else source, learner,
+            frame_rate=_frame_rate(source.frame_rate), source_id=source.source_id, speed=speed,
+            max_seconds=args.duration, max_windows=args.max_windows, origin=state.origin if state is not None else 0,
+        )
+        if state is not None:
+            checkpointer = state_options.checkpointer(args, state, learner)
+            session.add_observer(checkpointer.on_step)
+    except BaseException:
+        if state is not None:
+            state.close()
+        source.close()
+        raise
     signals.session = session
-    summary = session.run()
+    try:
+        summary = session.run()
+    finally:
+        if state is not None:
+            checkpointer.close()  # the last checkpoint, then the directory is released
     document = {"source": summary.video_source, "stop_reason": summary.video_stop_reason, **summary.to_dict()}
+    if state is not None:
+        document.update(state.summary_fields())
     return document, summary.video_stop_reason == "source_error"
 
 

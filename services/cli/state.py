@@ -68,11 +68,13 @@ def add_listen_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"checkpoints to keep (default {DEFAULT_KEEP})")
 
 
-def open_listen_state(args: argparse.Namespace):
-    """The :class:`~online_gim.state.listen_state.ListenState` of ``--state`` (``None`` without it).
+def open_listen_state(args: argparse.Namespace, *, video: bool = False):
+    """The listen state of ``--state`` (``None`` without it): a
+    :class:`~online_gim.state.listen_state.ListenState`, or with ``video`` a
+    :class:`~online_gim.state.video_state.VideoListenState`.
 
     Prints where the run resumes from. Raises :class:`CliError` on bad periods, a locked or
-    unusable directory, no intact checkpoint, or another format version.
+    unusable directory, no intact checkpoint, another format version, or another learner's checkpoints.
     """
     if args.state is None:
         return None
@@ -82,19 +84,18 @@ def open_listen_state(args: argparse.Namespace):
         raise CliError("--keep must be at least 1")
     from online_gim.state.listen_state import ListenState
     from online_gim.state.store import CheckpointError
+    from online_gim.state.video_state import VideoListenState
 
     try:
-        state = ListenState(args.state, keep=args.keep)
+        state = (VideoListenState if video else ListenState)(args.state, keep=args.keep)
     except CheckpointError as error:
         raise CliError(str(error)) from None
     if state.checkpoint is None:
         print(f"online-gim listen: state {args.state}: no checkpoint yet, starting afresh", file=sys.stderr)
     else:
-        totals = state.totals
         print(
             f"online-gim listen: state {args.state}: resuming from {state.checkpoint.entry.file} "
-            f"(model step {state.resumed_from_step}, {totals.windows} windows, {totals.utterances} utterances, "
-            f"stream at {state.origin / 16_000:.2f} s)",
+            f"(model step {state.resumed_from_step}, {state.describe()})",
             file=sys.stderr,
         )
     return state
@@ -111,11 +112,11 @@ def restore(state, learner) -> None:
         ) from None
 
 
-def checkpointer(args: argparse.Namespace, state, learner, source, hop: int):
-    """The observer that checkpoints the run as ``--checkpoint-every-*`` ask."""
+def checkpointer(args: argparse.Namespace, state, learner, **stream):
+    """The checkpointer of the run as ``--checkpoint-every-*`` ask (``stream``: what the audio
+    state's checkpointer also needs, its ``source`` and ``hop``)."""
     return state.checkpointer(
-        learner, source, hop=hop,
-        every_windows=args.checkpoint_every_windows, every_seconds=args.checkpoint_every_seconds,
+        learner, **stream, every_windows=args.checkpoint_every_windows, every_seconds=args.checkpoint_every_seconds,
     )
 
 
@@ -132,6 +133,8 @@ def run_export(args: argparse.Namespace) -> int:
         raise CliError(str(error)) from None
     if checkpoint is None:
         raise CliError(f"{args.state} has no checkpoint yet")
+    if "learner" not in checkpoint.state:
+        raise CliError(f"{args.state} holds the video learner's checkpoints: export writes the audio encoder")
     try:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         export_encoder(checkpoint.state["learner"], args.out)

@@ -1,0 +1,173 @@
+"""What every listen run's durable state does, whatever its learner: open a state directory and
+resume from its newest checkpoint (:class:`RunState`), and save on a schedule
+(:class:`PeriodicCheckpointer`: every N learned windows, every T seconds of wall clock, at the end).
+
+The audio and the video listen states (:mod:`.listen_state`, :mod:`.video_state`) subclass both:
+they say what a checkpoint holds besides the learner (the stream position, the run totals) and
+under which key the learner's state is. A state directory holds one learner's checkpoints; resuming
+another learner from it is refused with a message that names the right ``--source``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from online_gim.state.store import Checkpoint, CheckpointError, CheckpointStore
+
+log = logging.getLogger(__name__)
+
+
+class PeriodicCheckpointer:
+    """Saves a snapshot of a listen run into a :class:`CheckpointStore` on a schedule.
+
+    Saves after every ``every_windows`` windows and once ``every_seconds`` (wall clock) have passed
+    since the last save (0 disables either), and at :meth:`close` when windows were learned since.
+    A failed save (disk full, ...) is logged and listening goes on; the previous checkpoints stay.
+    ``close`` releases the state directory.
+
+    Parameters:
+        store: where to save.
+        every_windows, every_seconds: the periods.
+        clock: monotonic seconds (tests pass a fake one).
+
+    Attributes:
+        written: checkpoints written by this run.
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        *,
+        every_windows: int = 0,
+        every_seconds: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if every_windows < 0 or every_seconds < 0:
+            raise ValueError("checkpoint periods must be >= 0 (0 = off)")
+        self.store = store
+        self.every_windows = every_windows
+        self.every_seconds = every_seconds
+        self._clock = clock
+        self._last_save = clock()
+        self._unsaved = 0
+        self.written = 0
+
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The state tree to save and the manifest's ``info`` for it; ``None`` before the first window."""
+        raise NotImplementedError
+
+    def window_learned(self) -> None:
+        """Counts one learned window and saves when a period is due."""
+        self._unsaved += 1
+        due_windows = self.every_windows and self._unsaved >= self.every_windows
+        due_time = self.every_seconds and self._clock() - self._last_save >= self.every_seconds
+        if due_windows or due_time:
+            self.save()
+
+    def save(self) -> None:
+        """Writes a checkpoint of the run as it is after the last window."""
+        snapshot = self.snapshot()
+        if snapshot is None:
+            return
+        try:
+            self.store.save(*snapshot)
+        except OSError as error:
+            log.error("checkpoint not written to %s (%s); the previous ones are kept", self.store.directory, error)
+            return
+        self.written += 1
+        self._unsaved = 0
+        self._last_save = self._clock()
+
+    def close(self) -> None:
+        try:
+            if self._unsaved:
+                self.save()
+        finally:
+            self.store.close()
+
+
+def require_learner(state: dict[str, Any], key: str, store: CheckpointStore, *, other: dict[str, str]) -> None:
+    """Checks that a loaded checkpoint holds the learner a listen run is about to resume.
+
+    Args:
+        state: the checkpoint's state tree.
+        key: the key of the expected learner's state (``learner``, ``video_learner``).
+        store: the state directory (for the message).
+        other: the other learners' keys -> how to run them (``{"video_learner": "--source video"}``).
+    Raises:
+        CheckpointError: the checkpoint holds another learner (the message says which and how to use it).
+    """
+    if key in state:
+        return
+    for other_key, how in other.items():
+        if other_key in state:
+            raise CheckpointError(
+                f"state directory {store.directory} holds the checkpoints of another learner (listen with {how}); "
+                "use another --state DIR"
+            )
+    raise CheckpointError(f"state directory {store.directory} holds a checkpoint without a {key.replace('_', ' ')}")
+
+
+class RunState:
+    """A state directory opened for a listen run: the newest intact checkpoint, if any, to resume from.
+
+    Subclasses set :attr:`learner_key` (where the learner's ``state_dict`` is in a checkpoint),
+    :attr:`other_learners` (the other learners' keys and how to run them, for the refusal) and read
+    the rest of the checkpoint in :meth:`_read`.
+
+    Parameters:
+        directory: the state directory (created when missing).
+        keep: checkpoints kept.
+    Raises:
+        CheckpointError: the directory is unusable, locked by another process, has no intact
+            checkpoint or one of another format version (see :class:`CheckpointStore`), or holds
+            another learner's checkpoints.
+    """
+
+    learner_key: ClassVar[str]
+    other_learners: ClassVar[dict[str, str]]
+
+    def __init__(self, directory: str | Path, *, keep: int = 3) -> None:
+        self.store = CheckpointStore(directory, keep=keep)
+        try:
+            self.checkpoint: Checkpoint | None = self.store.load_newest()
+            saved = self.checkpoint.state if self.checkpoint is not None else None
+            if saved is not None:
+                require_learner(saved, self.learner_key, self.store, other=self.other_learners)
+            self._read(saved)
+        except BaseException:
+            self.store.close()
+            raise
+        self._checkpointer: PeriodicCheckpointer | None = None
+
+    def _read(self, saved: dict[str, Any] | None) -> None:
+        """Reads what the checkpoint holds besides the learner (``None``: a fresh start)."""
+        raise NotImplementedError
+
+    @property
+    def resumed_from_step(self) -> int:
+        """Model step (learner updates) of the checkpoint resumed from; 0 on a fresh start."""
+        if self.checkpoint is None:
+            return 0
+        return int(self.checkpoint.state[self.learner_key]["counters"]["updates"])
+
+    def restore(self, learner: Any) -> None:
+        """Loads the saved learner state into ``learner`` (nothing on a fresh start).
+
+        Raises:
+            ValueError: the checkpoint was written with another learner configuration.
+        """
+        if self.checkpoint is not None:
+            learner.load_state_dict(self.checkpoint.state[self.learner_key])
+
+    def summary_fields(self) -> dict[str, int]:
+        """``resumed_from_step`` and ``checkpoints_written`` for the listen summary."""
+        written = self._checkpointer.written if self._checkpointer is not None else 0
+        return {"resumed_from_step": self.resumed_from_step, "checkpoints_written": written}
+
+    def close(self) -> None:
+        """Releases the state directory (when no checkpointer took it over, or on an error path)."""
+        self.store.close()
