@@ -30,6 +30,8 @@ class PeriodicCheckpointer:
 
     Parameters:
         store: where to save.
+        learner: the learner (``state_dict()``, ``updates``).
+        totals: the run totals to save (continued from the checkpoint resumed from).
         every_windows, every_seconds: the periods.
         clock: monotonic seconds (tests pass a fake one).
 
@@ -40,7 +42,9 @@ class PeriodicCheckpointer:
     def __init__(
         self,
         store: CheckpointStore,
+        learner: Any,
         *,
+        totals: Any,
         every_windows: int = 0,
         every_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
@@ -48,6 +52,8 @@ class PeriodicCheckpointer:
         if every_windows < 0 or every_seconds < 0:
             raise ValueError("checkpoint periods must be >= 0 (0 = off)")
         self.store = store
+        self.learner = learner
+        self.totals = totals
         self.every_windows = every_windows
         self.every_seconds = every_seconds
         self._clock = clock
@@ -115,8 +121,9 @@ class RunState:
     """A state directory opened for a listen run: the newest intact checkpoint, if any, to resume from.
 
     Subclasses set :attr:`learner_key` (where the learner's ``state_dict`` is in a checkpoint),
-    :attr:`other_learners` (the other learners' keys and how to run them, for the refusal) and read
-    the rest of the checkpoint in :meth:`_read`.
+    :attr:`other_learners` (the other learners' keys and how to run them, for the refusal),
+    :attr:`checkpointer_type`, and the key and type (``from_dict``) of the saved stream position
+    (:attr:`point`) and of the run totals (:attr:`totals`, which the checkpointer goes on counting).
 
     Parameters:
         directory: the state directory (created when missing).
@@ -124,11 +131,16 @@ class RunState:
     Raises:
         CheckpointError: the directory is unusable, locked by another process, has no intact
             checkpoint or one of another format version (see :class:`CheckpointStore`), or holds
-            another learner's checkpoints.
+            another learner's checkpoints (:attr:`other_learners`).
     """
 
     learner_key: ClassVar[str]
     other_learners: ClassVar[dict[str, str]]
+    checkpointer_type: ClassVar[type[PeriodicCheckpointer]]
+    stream_key: ClassVar[str]
+    stream_type: ClassVar[Any]
+    totals_key: ClassVar[str]
+    totals_type: ClassVar[Any]
 
     def __init__(self, directory: str | Path, *, keep: int = 3) -> None:
         self.store = CheckpointStore(directory, keep=keep)
@@ -137,14 +149,16 @@ class RunState:
             saved = self.checkpoint.state if self.checkpoint is not None else None
             if saved is not None:
                 require_learner(saved, self.learner_key, self.store, other=self.other_learners)
-            self._read(saved)
+            self.point = self.stream_type.from_dict(saved[self.stream_key]) if saved else None
+            self.totals = self.totals_type.from_dict(saved[self.totals_key]) if saved else self.totals_type()
         except BaseException:
             self.store.close()
             raise
+        self.totals.runs += 1
         self._checkpointer: PeriodicCheckpointer | None = None
 
-    def _read(self, saved: dict[str, Any] | None) -> None:
-        """Reads what the checkpoint holds besides the learner (``None``: a fresh start)."""
+    def describe(self) -> str:
+        """What the checkpoint resumed from holds (totals, stream position), for people."""
         raise NotImplementedError
 
     @property
@@ -162,6 +176,17 @@ class RunState:
         """
         if self.checkpoint is not None:
             learner.load_state_dict(self.checkpoint.state[self.learner_key])
+
+    def checkpointer(
+        self, learner: Any, *, every_windows: int = 0, every_seconds: float = 0.0, **stream: Any
+    ) -> PeriodicCheckpointer:
+        """The checkpointer of this run, a :attr:`checkpointer_type` saving into this directory with
+        this run's totals (it releases the directory when closed); ``stream``: what that type also
+        takes (the audio one: ``source``, ``hop``)."""
+        self._checkpointer = self.checkpointer_type(
+            self.store, learner, totals=self.totals, every_windows=every_windows, every_seconds=every_seconds, **stream
+        )
+        return self._checkpointer
 
     def summary_fields(self) -> dict[str, int]:
         """``resumed_from_step`` and ``checkpoints_written`` for the listen summary."""

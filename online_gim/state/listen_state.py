@@ -24,7 +24,7 @@ Usage::
     learner = OnlineLearner(config)
     state.restore(learner)                                 # ValueError: another config
     session = ListenSession(replay, learner, origin=state.origin)
-    session.add_observer(state.checkpointer(learner, replay, hop=session.summary.hop, every_windows=100))
+    session.add_observer(state.checkpointer(learner, source=replay, hop=session.summary.hop, every_windows=100))
     session.run()                                          # checkpoints; the last one at the end
 """
 
@@ -124,17 +124,12 @@ def stream_point(source: object, next_sample: int) -> StreamPoint:
 
 
 class Checkpointer(PeriodicCheckpointer):
-    """A :class:`~services.session.StepObserver` that checkpoints an audio listen run (the schedule
-    is :class:`PeriodicCheckpointer`'s).
+    """A :class:`~services.session.StepObserver` that checkpoints an audio listen run. Parameters
+    and schedule: :class:`PeriodicCheckpointer` (``totals`` :class:`ListenTotals`), and
 
     Parameters:
-        store: where to save.
-        learner: the learner (``state_dict()``, ``updates``, ``steps``).
         source: the stream's source (its replay position is saved when it is a replay).
         hop: samples between window starts.
-        totals: the run totals to save (continued from the checkpoint resumed from).
-        every_windows, every_seconds: the periods.
-        clock: monotonic seconds (tests pass a fake one).
     """
 
     def __init__(
@@ -149,11 +144,11 @@ class Checkpointer(PeriodicCheckpointer):
         every_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(store, every_windows=every_windows, every_seconds=every_seconds, clock=clock)
-        self.learner = learner
+        super().__init__(
+            store, learner, totals=totals, every_windows=every_windows, every_seconds=every_seconds, clock=clock
+        )
         self.source = source
         self.hop = hop
-        self.totals = totals
         self._next_sample: int | None = None
 
     def on_step(self, window: AudioWindow, report: object, counters: object) -> None:
@@ -176,24 +171,13 @@ class Checkpointer(PeriodicCheckpointer):
 
 class ListenState(RunState):
     """A state directory opened for an audio listen run: what to resume from, and the checkpointer.
-
-    Parameters:
-        directory: the state directory (created when missing).
-        keep: checkpoints kept.
-
-    Raises:
-        CheckpointError: the directory is unusable, locked by another process, has no intact
-            checkpoint or one of another format version (see :class:`CheckpointStore`), or holds
-            the video learner's checkpoints.
-    """
+    Parameters and errors: :class:`RunState` (it refuses the video learner's state directories)."""
 
     learner_key = "learner"
+    stream_key, stream_type = "stream", StreamPoint
+    totals_key, totals_type = "listen", ListenTotals
+    checkpointer_type = Checkpointer
     other_learners = {"video_learner": "--source video"}
-
-    def _read(self, saved: dict[str, Any] | None) -> None:
-        self.point = StreamPoint.from_dict(saved["stream"]) if saved else None
-        self.totals = ListenTotals.from_dict(saved["listen"]) if saved else ListenTotals()
-        self.totals.runs += 1
 
     @property
     def origin(self) -> int:
@@ -234,13 +218,3 @@ class ListenState(RunState):
             point.source_id,
         )
         return False
-
-    def checkpointer(
-        self, learner: Any, source: object, *, hop: int, every_windows: int = 0, every_seconds: float = 0.0
-    ) -> Checkpointer:
-        """The observer that checkpoints this run (it releases the directory when closed)."""
-        self._checkpointer = Checkpointer(
-            self.store, learner, source, hop=hop, totals=self.totals,
-            every_windows=every_windows, every_seconds=every_seconds,
-        )
-        return self._checkpointer

@@ -30,12 +30,10 @@ Usage::
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 from online_gim.state.checkpointer import PeriodicCheckpointer, RunState
-from online_gim.state.store import CheckpointStore
 from streams.video_window import VideoWindow
 
 
@@ -86,31 +84,11 @@ class VideoStreamPoint:
 
 class VideoCheckpointer(PeriodicCheckpointer):
     """Checkpoints a video listen run; :meth:`on_step` is its
-    :class:`~services.video_session.VideoListenSession` observer (the schedule is
-    :class:`PeriodicCheckpointer`'s).
-
-    Parameters:
-        store: where to save.
-        learner: the video learner (``state_dict()``, ``updates``).
-        totals: the run totals to save (continued from the checkpoint resumed from).
-        every_windows, every_seconds: the periods.
-        clock: monotonic seconds (tests pass a fake one).
+    :class:`~services.video_session.VideoListenSession` observer. Parameters and schedule:
+    :class:`PeriodicCheckpointer` (``learner`` a video learner, ``totals`` :class:`VideoListenTotals`).
     """
 
-    def __init__(
-        self,
-        store: CheckpointStore,
-        learner: Any,
-        *,
-        totals: VideoListenTotals,
-        every_windows: int = 0,
-        every_seconds: float = 0.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(store, every_windows=every_windows, every_seconds=every_seconds, clock=clock)
-        self.learner = learner
-        self.totals = totals
-        self._point: VideoStreamPoint | None = None
+    _point: VideoStreamPoint | None = None
 
     def on_step(self, window: VideoWindow, report: object) -> None:
         self.totals.windows += 1
@@ -138,23 +116,13 @@ class VideoCheckpointer(PeriodicCheckpointer):
 
 class VideoListenState(RunState):
     """A state directory opened for a video listen run: what to resume from, and the checkpointer.
-
-    Parameters:
-        directory: the state directory (created when missing).
-        keep: checkpoints kept.
-
-    Raises:
-        CheckpointError: the directory is unusable, locked by another process, has no intact
-            checkpoint or one of another format version, or holds the audio learner's checkpoints.
-    """
+    Parameters and errors: :class:`RunState` (it refuses the audio learner's state directories)."""
 
     learner_key = "video_learner"
+    stream_key, stream_type = "video_stream", VideoStreamPoint
+    totals_key, totals_type = "video_listen", VideoListenTotals
+    checkpointer_type = VideoCheckpointer
     other_learners = {"learner": "an audio --source (mic, file, librispeech, synth)"}
-
-    def _read(self, saved: dict[str, Any] | None) -> None:
-        self.point = VideoStreamPoint.from_dict(saved["video_stream"]) if saved else None
-        self.totals = VideoListenTotals.from_dict(saved["video_listen"]) if saved else VideoListenTotals()
-        self.totals.runs += 1
 
     @property
     def origin(self) -> int:
@@ -164,10 +132,3 @@ class VideoListenState(RunState):
     def describe(self) -> str:
         """What the checkpoint resumed from holds, for people."""
         return f"{self.totals.windows} windows, {self.totals.frames} frames, stream at frame {self.origin}"
-
-    def checkpointer(self, learner: Any, *, every_windows: int = 0, every_seconds: float = 0.0) -> VideoCheckpointer:
-        """The checkpointer of this run (it releases the directory when closed)."""
-        self._checkpointer = VideoCheckpointer(
-            self.store, learner, totals=self.totals, every_windows=every_windows, every_seconds=every_seconds
-        )
-        return self._checkpointer
