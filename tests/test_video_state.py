@@ -18,10 +18,11 @@ from online_gim.video import VideoLearner
 from online_gim.video.scenes import write_scene_video
 from streams.sources.video import VideoFrame
 from streams.video_window import VideoWindower
+from conftest import SMALL_LEARNER_YAML
 from test_checkpoint import assert_same_tree
 from test_checkpoint import small_config as small_audio_config
 from test_checkpoint import windows as audio_windows
-from test_video_learner import SMALL_VIDEO_YAML, listen, scene_stream, small_config
+from test_video_learner import CLIP, SMALL_VIDEO_YAML, listen, needs_clip, scene_stream, small_config
 
 CLI = [sys.executable, "-c", "import sys; from services.cli import main; sys.exit(main())"]
 
@@ -108,8 +109,8 @@ def test_listen_video_checkpoints_and_resumes_with_frame_numbers_going_on(tmp_pa
     one, two = (json.loads((tmp_path / name).read_text()) for name in ("first.json", "second.json"))
     assert one["frames_processed"] == two["frames_processed"] == frames
     windows = one["video_windows_processed"]
-    assert one["checkpoints_written"] == two["checkpoints_written"] == windows // 3 + (windows % 3 > 0)
-    assert one["resumed_from_step"] == 0 and two["resumed_from_step"] == one["video_model_step"] > 0
+    assert one["video_checkpoints_written"] == two["video_checkpoints_written"] == windows // 3 + (windows % 3 > 0)
+    assert one["video_resumed_from_step"] == 0 and two["video_resumed_from_step"] == one["video_model_step"] > 0
     assert two["video_model_step"] > one["video_model_step"]
     with CheckpointStore(state, readonly=True) as store:
         saved = store.load_newest().state
@@ -124,6 +125,35 @@ def test_listen_video_checkpoints_and_resumes_with_frame_numbers_going_on(tmp_pa
         [*CLI, "export", "--state", str(state), "--out", str(tmp_path / "model.pt")], capture_output=True, text=True
     )
     assert export.returncode == 2 and "video learner's checkpoints" in export.stderr
-    av = listen("--source", "av", "--path", str(video.path), "--state", str(tmp_path / "av-state"))
-    assert av.returncode == 2 and "not supported with --source av" in av.stderr
-    assert not (tmp_path / "av-state").exists()
+
+
+@needs_clip
+@pytest.mark.slow
+def test_listen_av_keeps_both_learners_states_and_resumes_both(tmp_path):
+    small_video_yaml, small_audio_yaml = tmp_path / "small_video.yaml", tmp_path / "small.yaml"
+    small_video_yaml.write_text(SMALL_VIDEO_YAML)
+    small_audio_yaml.write_text(SMALL_LEARNER_YAML)
+    state = tmp_path / "state"
+    args = (
+        "--source", "av", "--path", str(CLIP), "--speed", "max", "--config", str(small_audio_yaml),
+        "--video-config", str(small_video_yaml), "--state", str(state),
+    )
+    first = listen(*args, "--summary-json", str(tmp_path / "first.json"))
+    second = listen(*args, "--summary-json", str(tmp_path / "second.json"))
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    one, two = (json.loads((tmp_path / name).read_text()) for name in ("first.json", "second.json"))
+    for summary in (one, two):  # each learner wrote its checkpoint at the end of the file
+        assert summary["checkpoints_written"] == summary["video_checkpoints_written"] == 1
+        assert summary["frames_processed"] == 132
+    assert two["resumed_from_step"] == one["model_step"] > 0
+    assert two["video_resumed_from_step"] == one["video_model_step"] > 0
+    with CheckpointStore(state, readonly=True) as audio, CheckpointStore(state / "video", readonly=True) as video:
+        assert audio.load_newest().state["listen"]["runs"] == 2
+        assert video.load_newest().state["video_stream"]["next_frame"] == 2 * 132
+    # the video learner's directory is a video state directory of its own
+    alone = listen("--source", "video", "--path", str(CLIP), "--speed", "max", "--video-config", str(small_video_yaml),
+                   "--state", str(state / "video"), "--max-windows", "1", "--summary-json", str(tmp_path / "alone.json"))
+    assert alone.returncode == 0, alone.stderr
+    assert json.loads((tmp_path / "alone.json").read_text())["video_resumed_from_step"] == two["video_model_step"]
+    refused = listen("--source", "video", "--path", str(CLIP), "--state", str(state))
+    assert refused.returncode == 2 and "video/ inside it" in refused.stderr

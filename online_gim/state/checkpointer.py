@@ -141,6 +141,7 @@ class RunState:
     stream_type: ClassVar[Any]
     totals_key: ClassVar[str]
     totals_type: ClassVar[Any]
+    summary_prefix: ClassVar[str] = ""
 
     def __init__(self, directory: str | Path, *, keep: int = 3) -> None:
         self.store = CheckpointStore(directory, keep=keep)
@@ -189,9 +190,11 @@ class RunState:
         return self._checkpointer
 
     def summary_fields(self) -> dict[str, int]:
-        """``resumed_from_step`` and ``checkpoints_written`` for the listen summary."""
+        """``resumed_from_step`` and ``checkpoints_written`` for the listen summary (after
+        :attr:`summary_prefix`)."""
         written = self._checkpointer.written if self._checkpointer is not None else 0
-        return {"resumed_from_step": self.resumed_from_step, "checkpoints_written": written}
+        prefix = self.summary_prefix
+        return {f"{prefix}resumed_from_step": self.resumed_from_step, f"{prefix}checkpoints_written": written}
 
     def close(self) -> None:
         """Releases the state directory (when no checkpointer took it over, or on an error path)."""

@@ -122,7 +122,10 @@ class VideoListenState(RunState):
     stream_key, stream_type = "video_stream", VideoStreamPoint
     totals_key, totals_type = "video_listen", VideoListenTotals
     checkpointer_type = VideoCheckpointer
-    other_learners = {"learner": "an audio --source (mic, file, librispeech, synth)"}
+    summary_prefix = "video_"
+    other_learners = {
+        "learner": "an audio --source (mic, file, librispeech, synth; --source av keeps the video learner's in video/ inside it)"
+    }
 
     @property
     def origin(self) -> int:

@@ -307,8 +307,6 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
         if failed:
             print(f"online-gim listen: error: {document['video_error']}", file=sys.stderr)
         return 1 if failed else 0
-    if args.source == "av":
-        listen_video.check(args)  # before the state directory is opened
     config, schedule = _learner_config(args)
     if args.hop is not None and not 0 < args.hop <= config.window:
         raise CliError(f"--hop must be between 1 and the window ({config.window})")
@@ -347,6 +345,7 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
         service, board = _side_service(args, session, learner, config)
         if interactive:
             session.add_observer(StatusLine(console, session.summary.hop))
+        video = listen_video.BesideAudio(args, source, session, board=board) if args.source == "av" else None
     except BaseException:
         if service is not None:
             service.stop()
@@ -354,7 +353,8 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
         if state is not None:
             state.close()
         raise
-    video = listen_video.BesideAudio(args, source, session, board=board).start() if args.source == "av" else None
+    if video is not None:
+        video.start()
     signals.session = video or session
     from streams.sources.mic import MicrophoneUnavailable
 

@@ -10,7 +10,8 @@ the summary holds both (the video keys are those of :class:`VideoListenSummary`)
 The video learner's settings come from ``--video-config FILE.yaml`` (a
 :class:`~online_gim.video.config.VideoLearnerConfig` preset; frame size, window, modules ...).
 ``--state DIR`` keeps the video learner's checkpoints and resumes from them
-(:mod:`online_gim.state.video_state`; ``--source video`` only).
+(:mod:`online_gim.state.video_state`): in ``DIR`` with ``--source video``, in ``DIR/video`` with
+``--source av`` (the audio learner's are in ``DIR``, as for the audio sources).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from typing import Any
 
 from services.cli import CliError
 from services.cli import state as state_options
+
+
+VIDEO_STATE = "video"
+"""With ``--source av --state DIR``, the video learner's state directory is ``DIR/video``."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,8 +59,6 @@ def check(args: argparse.Namespace) -> None:
             raise CliError("--loop replays a file: a camera has no end to start over from")
     elif not args.path:
         raise CliError(f"--source {args.source} needs --path FILE|URL (or --camera DEVICE for --source video)")
-    if args.source == "av" and getattr(args, "state", None) is not None:
-        raise CliError("--state is not supported with --source av yet (it is with --source video and the audio sources)")
     if args.source == "video" and args.record is not None:
         raise CliError("--record writes audio: use it with --source av, not --source video")
 
@@ -165,7 +168,9 @@ def listen_video(args: argparse.Namespace, signals, speed: float | None) -> tupl
 class BesideAudio:
     """The video learner of ``--source av``, on its own thread, fed by the AV source's frame channel.
 
-    ``stop``/``stopping`` stop both sessions (what the signal handler calls).
+    ``stop``/``stopping`` stop both sessions (what the signal handler calls). With ``--state DIR``
+    the video learner resumes from and checkpoints into ``DIR/video`` (:data:`VIDEO_STATE`), on its
+    own thread; :meth:`finish` (or :meth:`close` when it never started) releases that directory.
 
     Parameters:
         args: the listen options.
@@ -173,6 +178,8 @@ class BesideAudio:
         audio_session: the audio :class:`~services.session.ListenSession`.
         board: the side service's :class:`~services.live.LiveBoard` (``None`` without it): the
             video learner publishes every step there too.
+    Raises:
+        CliError: the video state directory cannot be used or holds another configuration.
     """
 
     def __init__(self, args: argparse.Namespace, source, audio_session, *, board=None) -> None:
@@ -182,9 +189,23 @@ class BesideAudio:
         self.source = source
         self.audio_session = audio_session
         self.learner = VideoLearner(video_config(args))
-        self.session = VideoListenSession(
-            source.frames, self.learner, frame_rate=_frame_rate(source.frame_rate), source_id=source.video_source_id,
+        self.state = None if args.state is None else state_options.open_listen_state(
+            args, video=True, directory=args.state / VIDEO_STATE
         )
+        self._checkpointer = None
+        try:
+            if self.state is not None:
+                state_options.restore(self.state, self.learner)
+            self.session = VideoListenSession(
+                source.frames, self.learner, frame_rate=_frame_rate(source.frame_rate),
+                source_id=source.video_source_id, origin=self.state.origin if self.state is not None else 0,
+            )
+            if self.state is not None:
+                self._checkpointer = state_options.checkpointer(args, self.state, self.learner)
+                self.session.add_observer(self._checkpointer.on_step)
+        except BaseException:
+            self.close()
+            raise
         if board is not None:
             board.attach_video(source.video_source_id)
             self.session.add_observer(board.on_video_step)
@@ -202,6 +223,15 @@ class BesideAudio:
             self._error = error
         finally:
             self.source.frames.cancel()  # the decoder never waits for a finished video learner
+            self.close()
+
+    def close(self) -> None:
+        """Writes the last checkpoint (when windows were learned since) and releases the video
+        state directory; nothing without ``--state``."""
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+        elif self.state is not None:
+            self.state.close()
 
     @property
     def stopping(self) -> bool:
@@ -218,7 +248,10 @@ class BesideAudio:
         self._thread.join()
         if self._error is not None:
             raise self._error
-        return self.session.summary.to_dict()
+        document = self.session.summary.to_dict()
+        if self.state is not None:
+            document.update(self.state.summary_fields())
+        return document
 
 
 def print_summary(document: dict[str, Any]) -> None:

@@ -68,10 +68,10 @@ def add_listen_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"checkpoints to keep (default {DEFAULT_KEEP})")
 
 
-def open_listen_state(args: argparse.Namespace, *, video: bool = False):
+def open_listen_state(args: argparse.Namespace, *, video: bool = False, directory: Path | None = None):
     """The listen state of ``--state`` (``None`` without it): a
     :class:`~online_gim.state.listen_state.ListenState`, or with ``video`` a
-    :class:`~online_gim.state.video_state.VideoListenState`.
+    :class:`~online_gim.state.video_state.VideoListenState`, in ``directory`` (default: ``--state``).
 
     Prints where the run resumes from. Raises :class:`CliError` on bad periods, a locked or
     unusable directory, no intact checkpoint, another format version, or another learner's checkpoints.
@@ -86,15 +86,16 @@ def open_listen_state(args: argparse.Namespace, *, video: bool = False):
     from online_gim.state.store import CheckpointError
     from online_gim.state.video_state import VideoListenState
 
+    directory = args.state if directory is None else directory
     try:
-        state = (VideoListenState if video else ListenState)(args.state, keep=args.keep)
+        state = (VideoListenState if video else ListenState)(directory, keep=args.keep)
     except CheckpointError as error:
         raise CliError(str(error)) from None
     if state.checkpoint is None:
-        print(f"online-gim listen: state {args.state}: no checkpoint yet, starting afresh", file=sys.stderr)
+        print(f"online-gim listen: state {directory}: no checkpoint yet, starting afresh", file=sys.stderr)
     else:
         print(
-            f"online-gim listen: state {args.state}: resuming from {state.checkpoint.entry.file} "
+            f"online-gim listen: state {directory}: resuming from {state.checkpoint.entry.file} "
             f"(model step {state.resumed_from_step}, {state.describe()})",
             file=sys.stderr,
         )
