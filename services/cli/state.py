@@ -58,7 +58,7 @@ def add_listen_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("durable state (checkpoints and resume)")
     group.add_argument("--state", type=Path, default=None, metavar="DIR",
                        help="keep the learner's state here: checkpoint periodically and at the end, and resume "
-                       "from the newest intact checkpoint when it exists")
+                       "from the newest intact checkpoint when it exists (--source av: the video learner's in DIR/video)")
     group.add_argument("--checkpoint-every-windows", type=int, default=DEFAULT_EVERY_WINDOWS, metavar="N",
                        help=f"checkpoint after every N windows (0 = off; default {DEFAULT_EVERY_WINDOWS})")
     group.add_argument("--checkpoint-every-seconds", type=float, default=DEFAULT_EVERY_SECONDS, metavar="T",
