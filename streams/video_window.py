@@ -4,8 +4,8 @@ A :class:`VideoWindower` turns a stream of :class:`~streams.sources.video.VideoF
 :class:`VideoWindow` s of ``window`` consecutive frames, a new one every ``hop`` frames, and at the
 end of the stream (:meth:`VideoWindower.flush`) one last window that covers the frames no window
 has covered yet, so that every frame is learned from. Frames are numbered by their **stream
-position** (``origin``, ``origin + 1``, ... since the stream started, on across the passes of a looping file), and
-timed by their stream time (the frame's own timestamp plus the length of the earlier passes).
+position** (``origin``, ``origin + 1``, ...: 0 at the stream's start unless a resumed run goes on
+from a saved position; on across the passes of a looping file), and timed by their stream time (the frame's own timestamp plus the length of the earlier passes).
 
 Usage::
 
@@ -120,7 +120,7 @@ class VideoWindower:
         self._times: deque[float] = deque(maxlen=self.window)
         self._pass_offset = self.origin / self.frame_rate
         self._last_pts: float | None = None
-        self._next_start = 0  # stream position of the next window's first frame
+        self._next_start = 0  # frames pushed before the next window's first frame
         self.frames_in = 0
         self.frames_windowed = 0
 
