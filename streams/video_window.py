@@ -5,7 +5,8 @@ A :class:`VideoWindower` turns a stream of :class:`~streams.sources.video.VideoF
 end of the stream (:meth:`VideoWindower.flush`) one last window that covers the frames no window
 has covered yet, so that every frame is learned from. Frames are numbered by their **stream
 position** (``origin``, ``origin + 1``, ...: 0 at the stream's start unless a resumed run goes on
-from a saved position; on across the passes of a looping file), and timed by their stream time (the frame's own timestamp plus the length of the earlier passes).
+from a saved position; on across the passes of a looping file), and timed by their stream time
+(the frame's own timestamp plus the length of the earlier passes).
 
 Usage::
 
