@@ -197,5 +197,10 @@ class RunState:
         return {f"{prefix}resumed_from_step": self.resumed_from_step, f"{prefix}checkpoints_written": written}
 
     def close(self) -> None:
-        """Releases the state directory (when no checkpointer took it over, or on an error path)."""
-        self.store.close()
+        """Ends the run's use of the state directory: through the checkpointer when there is one
+        (it writes the last checkpoint if windows were learned since), and releases the directory.
+        Idempotent (a closed checkpointer has nothing unsaved)."""
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+        else:
+            self.store.close()

@@ -124,8 +124,8 @@ def stream_point(source: object, next_sample: int) -> StreamPoint:
 
 
 class Checkpointer(PeriodicCheckpointer):
-    """A :class:`~services.session.StepObserver` that checkpoints an audio listen run. Parameters
-    and schedule: :class:`PeriodicCheckpointer` (``totals`` :class:`ListenTotals`), and
+    """A :class:`~services.session.StepObserver` that checkpoints an audio listen run. The schedule
+    and the other parameters are :class:`PeriodicCheckpointer`'s (``totals``: :class:`ListenTotals`).
 
     Parameters:
         source: the stream's source (its replay position is saved when it is a replay).

@@ -114,7 +114,7 @@ def listen_video(args: argparse.Namespace, signals, speed: float | None) -> tupl
         The summary document and whether the source failed.
     """
     from online_gim.video.learner import VideoLearner
-    from services.video_session import VideoListenSession, repeat_passes
+    from services.video_session import repeat_passes
     from streams.sources.video import VideoFileError, VideoFrameSource
 
     check(args)
@@ -134,23 +134,13 @@ def listen_video(args: argparse.Namespace, signals, speed: float | None) -> tupl
     if not args.no_http:
         print("online-gim listen: the side service shows the audio learner; --source video runs without it",
               file=sys.stderr)
-    state = None
     try:
-        state = state_options.open_listen_state(args, video=True)  # None without --state
-        learner = VideoLearner(config)
-        if state is not None:
-            state_options.restore(state, learner)
-        session = VideoListenSession(
-            repeat_passes(source) if args.loop else source, learner,
+        session, state = _video_session(
+            args, VideoLearner(config), repeat_passes(source) if args.loop else source, state_directory=args.state,
             frame_rate=_frame_rate(source.frame_rate), source_id=source.source_id, speed=speed,
-            max_seconds=args.duration, max_windows=args.max_windows, origin=state.origin if state is not None else 0,
+            max_seconds=args.duration, max_windows=args.max_windows,
         )
-        if state is not None:
-            checkpointer = state_options.checkpointer(args, state, learner)
-            session.add_observer(checkpointer.on_step)
     except BaseException:
-        if state is not None:
-            state.close()
         source.close()
         raise
     signals.session = session
@@ -158,11 +148,37 @@ def listen_video(args: argparse.Namespace, signals, speed: float | None) -> tupl
         summary = session.run()
     finally:
         if state is not None:
-            checkpointer.close()  # the last checkpoint, then the directory is released
+            state.close()  # the last checkpoint, then the directory is released
     document = {"source": summary.video_source, "stop_reason": summary.video_stop_reason, **summary.to_dict()}
     if state is not None:
         document.update(state.summary_fields())
     return document, summary.video_stop_reason == "source_error"
+
+
+def _video_session(args: argparse.Namespace, learner, frames, *, state_directory: Path | None, **options):
+    """The video listen session of ``learner`` on ``frames`` (``options``: the session's), and with
+    ``--state`` the learner's state in ``state_directory``: restored into ``learner``, frame numbers
+    going on from its position, checkpointed after every step.
+
+    Returns:
+        ``(session, state)``; ``state`` is ``None`` without ``--state``, else the caller closes it
+        when the session ends (the last checkpoint, then the directory is released).
+    Raises:
+        CliError: the state directory cannot be used or holds another configuration (it is released).
+    """
+    from services.video_session import VideoListenSession
+
+    state = state_options.open_listen_state(args, video=True, directory=state_directory)
+    if state is None:
+        return VideoListenSession(frames, learner, **options), None
+    try:
+        state_options.restore(state, learner)
+        session = VideoListenSession(frames, learner, origin=state.origin, **options)
+        session.add_observer(state_options.checkpointer(args, state, learner).on_step)
+    except BaseException:
+        state.close()
+        raise
+    return session, state
 
 
 class BesideAudio:
@@ -170,7 +186,7 @@ class BesideAudio:
 
     ``stop``/``stopping`` stop both sessions (what the signal handler calls). With ``--state DIR``
     the video learner resumes from and checkpoints into ``DIR/video`` (:data:`VIDEO_STATE`), on its
-    own thread; :meth:`finish` (or :meth:`close` when it never started) releases that directory.
+    own thread, and releases that directory when its session ends.
 
     Parameters:
         args: the listen options.
@@ -184,28 +200,14 @@ class BesideAudio:
 
     def __init__(self, args: argparse.Namespace, source, audio_session, *, board=None) -> None:
         from online_gim.video.learner import VideoLearner
-        from services.video_session import VideoListenSession
 
         self.source = source
         self.audio_session = audio_session
         self.learner = VideoLearner(video_config(args))
-        self.state = None if args.state is None else state_options.open_listen_state(
-            args, video=True, directory=args.state / VIDEO_STATE
+        self.session, self.state = _video_session(
+            args, self.learner, source.frames, state_directory=None if args.state is None else args.state / VIDEO_STATE,
+            frame_rate=_frame_rate(source.frame_rate), source_id=source.video_source_id,
         )
-        self._checkpointer = None
-        try:
-            if self.state is not None:
-                state_options.restore(self.state, self.learner)
-            self.session = VideoListenSession(
-                source.frames, self.learner, frame_rate=_frame_rate(source.frame_rate),
-                source_id=source.video_source_id, origin=self.state.origin if self.state is not None else 0,
-            )
-            if self.state is not None:
-                self._checkpointer = state_options.checkpointer(args, self.state, self.learner)
-                self.session.add_observer(self._checkpointer.on_step)
-        except BaseException:
-            self.close()
-            raise
         if board is not None:
             board.attach_video(source.video_source_id)
             self.session.add_observer(board.on_video_step)
@@ -223,15 +225,8 @@ class BesideAudio:
             self._error = error
         finally:
             self.source.frames.cancel()  # the decoder never waits for a finished video learner
-            self.close()
-
-    def close(self) -> None:
-        """Writes the last checkpoint (when windows were learned since) and releases the video
-        state directory; nothing without ``--state``."""
-        if self._checkpointer is not None:
-            self._checkpointer.close()
-        elif self.state is not None:
-            self.state.close()
+            if self.state is not None:
+                self.state.close()  # the last checkpoint, then the directory is released
 
     @property
     def stopping(self) -> bool:
