@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +51,7 @@ class _WindowContext:
 
     window: AudioWindow
     speakers: list[str | None]
+    replay: bool = False
 
 
 class OnlineLearner:
@@ -64,7 +66,11 @@ class OnlineLearner:
 
     ``step(window)`` is the one way to feed data in. It normalises the window with running input
     statistics, runs the stack, updates the scheduled modules and the memories, and returns a
-    :class:`StepReport`. A window with NaN/Inf samples changes nothing and is counted
+    :class:`StepReport`. ``step(window, replay=True)`` learns once more from a window of the past
+    (:mod:`streams.replay`): the weights update as on a new window, but nothing that describes the
+    live stream changes (running input and ``time``-norm statistics, negative memories, online
+    probes, the GRU's state and traces, which the replayed window runs from zero as a segment of
+    its own). A window with NaN/Inf samples changes nothing and is counted
     (``skipped_nonfinite``); a module whose loss or gradient is not finite is not updated.
 
     The GRU's hidden state (and, for e-prop, its eligibility traces) carry over from one window to
@@ -117,6 +123,7 @@ class OnlineLearner:
             self._e2e_optimizer = torch.optim.Adam(parameters, lr=config.optim.lr, fused=True)
         self.steps = 0
         self.updates = 0
+        self.replayed = 0
         self.windows_skipped_nonfinite = 0
         self.probes = OnlineProbes(config.probes, config.encoder) if config.probes is not None else None
         self._schedule = ModuleSchedule("all" if config.mode == "e2e" else config.schedule, len(self.stages), self._rng)
@@ -154,7 +161,7 @@ class OnlineLearner:
 
     # ------------------------------------------------------------------ the step
 
-    def step(self, window: AudioWindow, modules: Sequence[int] | None = None) -> StepReport:
+    def step(self, window: AudioWindow, modules: Sequence[int] | None = None, *, replay: bool = False) -> StepReport:
         """Learns from one window.
 
         Args:
@@ -162,6 +169,8 @@ class OnlineLearner:
                 ``n == config.window``.
             modules: update only these modules this window (overrides the schedule); all
                 modules still run forward. Ignored in ``e2e`` mode.
+            replay: the window is replayed from the past (class docstring): counted in
+                ``replayed``, not in ``steps``.
         Returns:
             The :class:`StepReport` of this window.
         Raises:
@@ -173,22 +182,44 @@ class OnlineLearner:
             raise ValueError(f"window must be ({self.config.window},) samples, got {tuple(samples.shape)}")
         if self.probes is not None:
             self.probes.check(window)
-        self.steps += 1
+        if replay:
+            self.replayed += 1
+        else:
+            self.steps += 1
         if not bool(torch.isfinite(samples).all()):
             self.windows_skipped_nonfinite += 1
-            return self._report(window, [], [], started, skipped=True)
+            return self._report(window, [], [], started, skipped=True, replay=replay)
         scheduled = self._scheduled(modules)
-        context = _WindowContext(window=window, speakers=window.frame_speakers())
-        x = self.input_norm.update_and_apply(samples.to(torch.float32))[None, None, :]
-        if self.config.mode == "e2e":
-            module_reports, embeddings = self._step_e2e(x, context)
-        else:
-            module_reports, embeddings = self._step_greedy(x, context, scheduled)
+        context = _WindowContext(window=window, speakers=window.frame_speakers(), replay=replay)
+        normalise = self.input_norm.apply if replay else self.input_norm.update_and_apply
+        x = normalise(samples.to(torch.float32))[None, None, :]
+        with self._replayed_recurrence() if replay else nullcontext():
+            if self.config.mode == "e2e":
+                module_reports, embeddings = self._step_e2e(x, context)
+            else:
+                module_reports, embeddings = self._step_greedy(x, context, scheduled)
         if any(report.updated for report in module_reports):
             self.updates += 1
         # the probes read detached copies after the encoder's update: they never train the encoder
-        probes = self.probes.update(window, embeddings).readout if self.probes is not None else None
-        return self._report(window, module_reports, embeddings, started, skipped=False, probes=probes)
+        probes = self.probes.update(window, embeddings).readout if self.probes is not None and not replay else None
+        return self._report(window, module_reports, embeddings, started, skipped=False, probes=probes, replay=replay)
+
+    @contextmanager
+    def _replayed_recurrence(self) -> Iterator[None]:
+        """Runs the GRU of a replayed window from a zero state and zero traces, then puts the live
+        stream's state and traces back."""
+        hidden = self.hidden
+        traces = self.traces.state_dict() if self.traces is not None else None
+        self.hidden = torch.zeros_like(hidden)
+        if self.traces is not None:
+            for trace in self.traces.traces:
+                trace.zero_()
+        try:
+            yield
+        finally:
+            self.hidden = hidden
+            if self.traces is not None:
+                self.traces.load_state_dict(traces)
 
     def probe_readout(self) -> ProbeReadout | None:
         """The online probes' readout of the newest window; ``None`` without probes or before a window."""
@@ -203,6 +234,7 @@ class OnlineLearner:
         *,
         skipped: bool,
         probes: ProbeReadout | None = None,
+        replay: bool = False,
     ) -> StepReport:
         return StepReport(
             step=self.steps,
@@ -214,6 +246,7 @@ class OnlineLearner:
             embeddings=tuple(embeddings),
             seconds=time.perf_counter() - started,
             probes=probes,
+            replay=replay,
         )
 
     def _step_greedy(
@@ -226,9 +259,10 @@ class OnlineLearner:
             started = time.perf_counter()
             if isinstance(stage.module, ConvModule):
                 with torch.no_grad():
-                    y = stage.module.forward_window(h, update_statistics=True)
+                    y = stage.module.forward_window(h, update_statistics=self._folds_statistics(context))
                 frames = y[0].T  # (T, C)
-                self._remember(stage, frames, context)
+                if not context.replay:
+                    self._remember(stage, frames, context)
                 parts = self._update_conv(stage, h, frames.shape[0], context) if index in scheduled else None
                 h = y
             else:
@@ -236,6 +270,12 @@ class OnlineLearner:
             embeddings.append(frames)
             reports.append(self._module_report(index, parts, frames, started))
         return reports, embeddings
+
+    def _folds_statistics(self, context: _WindowContext) -> bool:
+        """Whether the conv modules store this window's statistics: always for ``window`` norm (the
+        scored recompute normalises by them), not for a replayed window under ``time`` norm (its
+        running statistics describe the live stream)."""
+        return not context.replay or self.config.encoder.norm == "window"
 
     def _module_report(self, index: int, parts: LossParts | None, frames: torch.Tensor, started: float) -> ModuleReport:
         return module_report(index, parts, frames, started)
@@ -350,7 +390,7 @@ class OnlineLearner:
         h = x
         for stage in self.stages:
             if isinstance(stage.module, ConvModule):
-                h = stage.module.forward_window(h, update_statistics=True)
+                h = stage.module.forward_window(h, update_statistics=self._folds_statistics(context))
                 outputs.append(h[0].T)
         targets = outputs[-1]  # (T, C) top conv encodings, with the graph
         top = self.stages[-1]
@@ -361,8 +401,9 @@ class OnlineLearner:
             outputs.append(contexts)
         else:
             contexts = targets
-        with torch.no_grad():
-            self._remember(self.stages[-1 if self.gru is None else -2], targets.detach(), context)
+        if not context.replay:
+            with torch.no_grad():
+                self._remember(self.stages[-1 if self.gru is None else -2], targets.detach(), context)
         anchors = torch.arange(targets.shape[0] - self.config.loss.prediction_steps)
         positions = context.window.start_sample + anchors.numpy() * top.stride
         parts = top.objective(contexts[anchors], targets, anchors, positions, source_id=context.window.source_id)
@@ -430,6 +471,7 @@ class OnlineLearner:
                 "steps": self.steps,
                 "updates": self.updates,
                 "windows_skipped_nonfinite": self.windows_skipped_nonfinite,
+                "replayed": self.replayed,
                 "round_robin": self._schedule.round_robin,
             },
             "torch_generator": self._generator.get_state(),
@@ -473,6 +515,7 @@ class OnlineLearner:
         self.steps = int(counters["steps"])
         self.updates = int(counters["updates"])
         self.windows_skipped_nonfinite = int(counters["windows_skipped_nonfinite"])
+        self.replayed = int(counters.get("replayed", 0))  # absent from checkpoints written before replay
         self._schedule.round_robin = int(counters["round_robin"])
         self._generator.set_state(state["torch_generator"])
         self._rng.bit_generator.state = state["numpy_rng"]

@@ -111,21 +111,47 @@ def to_label_frames(features: torch.Tensor, grid: FrameGrid, num_frames: int) ->
     Returns:
         ``(num_frames, C)`` float32: per label frame, the mean of the module frames centred in it;
         a label frame that holds no module frame centre takes the module frame nearest to it.
+
+    A grid whose stride divides 160 puts exactly ``160 // stride`` consecutive module frames into
+    every label frame it covers whole: those label frames are one ``avg_pool1d`` (many times faster
+    than scattering frame by frame); the label frames at the end, covered in part or not at all,
+    take the general path.
     """
     if features.dim() != 2:
         raise ValueError(f"features must be (frames, channels), got {tuple(features.shape)}")
     frames, channels = features.shape
     if frames == 0 or num_frames <= 0:
         raise ValueError(f"cannot map {frames} module frames to {num_frames} label frames")
-    features = features.detach().to(torch.float32).contiguous()
-    targets = grid.label_frames_of(frames, num_frames)
-    inside = (targets >= 0) & (targets < num_frames)
+    features = features.detach().to(torch.float32)
+    if FRAME_SAMPLES % grid.stride:
+        return _scatter_to_label_frames(features, grid, num_frames)
+    per_label = FRAME_SAMPLES // grid.stride
+    first = math.ceil(-grid.offset / grid.stride)  # the first module frame centred at or after sample 0
+    if first < 0:  # frame 0 is centred past the start of label frame 1: some label frames have no frame of their own
+        return _scatter_to_label_frames(features, grid, num_frames)
+    whole = min(num_frames, max(0, (frames - first) // per_label))
+    if whole == 0:
+        return _scatter_to_label_frames(features, grid, num_frames)
+    pooled = F.avg_pool1d(features[first : first + whole * per_label].T[None], per_label)[0].T
+    if whole == num_frames:
+        return pooled.contiguous()
+    rest = _scatter_to_label_frames(features, grid, num_frames, start=whole)
+    return torch.cat([pooled, rest])
+
+
+def _scatter_to_label_frames(features: torch.Tensor, grid: FrameGrid, num_frames: int, *, start: int = 0) -> torch.Tensor:
+    """:func:`to_label_frames` for any grid, label frames ``[start, num_frames)`` only: ``(num_frames - start, C)``."""
+    frames, channels = features.shape
+    targets = grid.label_frames_of(frames, num_frames) - start
+    count = num_frames - start
+    inside = (targets >= 0) & (targets < count)
     pooled, pooled_targets = (features, targets) if bool(inside.all()) else (features[inside], targets[inside])
-    sums = torch.zeros(num_frames, channels).index_add_(0, pooled_targets, pooled)
-    counts = torch.bincount(pooled_targets, minlength=num_frames)
+    sums = torch.zeros(count, channels).index_add_(0, pooled_targets, pooled)
+    counts = torch.bincount(pooled_targets, minlength=count)
     empty = counts == 0
     if bool(empty.any()):
-        centres = torch.nonzero(empty)[:, 0].to(torch.float64) * FRAME_SAMPLES + FRAME_SAMPLES / 2
+        label_frames = torch.nonzero(empty)[:, 0].to(torch.float64) + start
+        centres = label_frames * FRAME_SAMPLES + FRAME_SAMPLES / 2
         nearest = torch.round((centres - grid.offset) / grid.stride).long().clamp(0, frames - 1)
         sums[empty] = features[nearest]
         counts = counts.clamp(min=1)

@@ -56,8 +56,10 @@ class StepReport:
         embeddings: per module, its ``(frames, channels)`` output on this window (detached,
             float32); empty when the window was skipped.
         seconds: wall-clock seconds of the whole step.
-        probes: what the learner's online probes read from this window (``None`` without probes
-            or when the window was skipped).
+        probes: what the learner's online probes read from this window (``None`` without probes,
+            when the window was skipped, or when it was replayed).
+        replay: the window was replayed from the past (``OnlineLearner.step(..., replay=True)``),
+            not a new window of the stream.
     """
 
     step: int
@@ -69,6 +71,7 @@ class StepReport:
     embeddings: tuple[torch.Tensor, ...]
     seconds: float
     probes: ProbeReadout | None = None
+    replay: bool = False
 
     @property
     def real_time_factor(self) -> float:

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from online_gim.config import LearnerConfig
-from online_gim.evaluation.features import extract_features, learner_encoder
-from online_gim.evaluation.linear_probe import fit_and_score
+from online_gim.evaluation.features import extract_features, learner_encoder, split_labels
+from online_gim.evaluation.linear_probe import ProbeTask, fit_probe
 from online_gim.evaluation.split import split_corpus
 from online_gim.evaluation.training import train_online
 from online_gim.learner import OnlineLearner
@@ -81,13 +81,13 @@ def main() -> None:
     probe_train = [split.train[i] for i in rng.choice(len(split.train), 96, replace=False)]
     probe_test = [split.test[i] for i in rng.choice(len(split.test), min(64, len(split.test)), replace=False)]
     encode = learner_encoder(learner)
-    train = extract_features(probe_train, encode, speakers=split.speakers, max_frames=8000, seed=0)
-    test = extract_features(probe_test, encode, speakers=split.speakers, max_frames=5000, seed=1)
+    train = extract_features(split_labels(probe_train, speakers=split.speakers, max_frames=8000, seed=0), encode)
+    test = extract_features(split_labels(probe_test, speakers=split.speakers, max_frames=5000, seed=1), encode)
     modules = [int(m) for m in args.modules.split(",")]
     result: dict[str, object] = {"tag": args.tag, "minutes": args.minutes, "modules": modules, "override": overrides}
-    for name, (y_train, y_test) in {"phone": (train.phones, test.phones), "speaker": (train.speakers, test.speakers)}.items():
+    for name, (y_train, y_test) in {"phone": (train.labels.phones, test.labels.phones), "speaker": (train.labels.speakers, test.labels.speakers)}.items():
         result[name] = [
-            round(100 * fit_and_score(train.frames[m], y_train, test.frames[m], y_test).accuracy, 1) for m in modules
+            round(100 * fit_probe(ProbeTask(train.frames[m], y_train, test.frames[m], y_test)).accuracy, 1) for m in modules
         ]
     if trained:
         ratios, dead = np.array(learner.ratios), np.array(learner.dead)

@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from online_gim.evaluation.features import mfcc_encoder
-from online_gim.evaluation.linear_probe import fit_and_score
+from online_gim.evaluation.cache import ResultCache
+from online_gim.evaluation.features import SplitLabels, mfcc_encoder
+from online_gim.evaluation.linear_probe import ProbeResult, ProbeTask, fit_probe, fit_probes
 from online_gim.evaluation.methods import resolve_methods
+from online_gim.evaluation.results import Accuracies, ClassAccuracy, EvaluationReport
 from online_gim.evaluation.run import Evaluation, EvaluationSettings
-from online_gim.evaluation.split import PER_SPEAKER, SPLIT_FILES, split_corpus
+from online_gim.evaluation.scoring import class_accuracies, majority_accuracies
+from online_gim.evaluation.split import PER_SPEAKER, SPLIT_FILES, Segment, split_corpus
 from services.cli import main
 from streams.corpora.librispeech import LibriSpeechCorpus
 
@@ -58,16 +61,28 @@ def tiny_presets(tmp_path) -> Path:
 
 
 @requires_mini
-def test_without_split_files_each_speaker_is_split_80_20_and_lone_utterances_train():
+def test_without_split_files_each_speaker_is_split_80_20_and_lone_utterances_by_time():
     corpus = LibriSpeechCorpus(MINI, MINI_LABELS)
     split = split_corpus(corpus, seed=0)
     assert split.kind == PER_SPEAKER
-    assert {u.id for u in split.train} | {u.id for u in split.test} == {u.id for u in corpus}
-    assert not {u.id for u in split.train} & {u.id for u in split.test}
     per_speaker = {s: [u.speaker for u in corpus].count(s) for s in corpus.speakers}
-    tested = {s: [u.speaker for u in split.test].count(s) for s in corpus.speakers}
+    whole_train = {s.id for s in split.train if s.stop is None}
+    whole_test = {s.id for s in split.test if s.start == 0}
+    assert not whole_train & whole_test
+    tested = {s: [seg.speaker for seg in split.test if seg.start == 0].count(s) for s in corpus.speakers}
     assert tested == {s: (1 if n >= 2 else 0) for s, n in per_speaker.items()}  # round(0.2 n) >= 1 for n in 2..3
+    lone = [u for u in corpus if per_speaker[u.speaker] == 1]
+    assert lone, "the mini corpus has speakers with one utterance"
+    for utterance in lone:  # the first 80 % trains, the rest tests, nothing in common
+        (head,) = [s for s in split.train if s.utterance == utterance]
+        (tail,) = [s for s in split.test if s.utterance == utterance]
+        length = head.utterance_samples()
+        assert (head.start, head.stop, tail.start, tail.stop) == (0, round(0.8 * length), round(0.8 * length), None)
+        assert head.num_samples() + tail.num_samples() == length == utterance.load().shape[0]
+        assert np.array_equal(np.concatenate([head.load(), tail.load()]), utterance.load())
+    assert {s.utterance.id for s in split.train} | {s.utterance.id for s in split.test} == {u.id for u in corpus}
     assert split.speakers == corpus.speakers
+    assert {s.speaker for s in split.test} == set(corpus.speakers)
     assert split_corpus(corpus, seed=0) == split
     others = [split_corpus(corpus, seed=s) for s in range(1, 6)]
     assert any(other.test != split.test for other in others)
@@ -81,8 +96,8 @@ def test_split_files_decide_when_present(tmp_path):
     (labels / "test_split.txt").write_text("2412-153948-0001\n")
     split = split_corpus(LibriSpeechCorpus(MINI, labels), seed=0)
     assert split.kind == SPLIT_FILES
-    assert [u.id for u in split.train] == ["2412-153948-0000", "4051-11218-0044"]
-    assert [u.id for u in split.test] == ["2412-153948-0001"]
+    assert [s.id for s in split.train] == ["2412-153948-0000", "4051-11218-0044"]
+    assert [s.id for s in split.test] == ["2412-153948-0001"]
     (labels / "test_split.txt").write_text("\n")
     with pytest.raises(ValueError, match="leaves 2 for train and 0 for test"):
         split_corpus(LibriSpeechCorpus(MINI, labels), seed=0)
@@ -97,10 +112,41 @@ def test_linear_probe_separates_separable_classes_and_counts_unseen_classes_wron
     x_test = torch.from_numpy(np.concatenate([centres, centres[:2]]).astype(np.float32))
     labels = torch.from_numpy(y)
     labels[:5] = -1  # unknown labels are left out of the fit
-    result = fit_and_score(x, labels, x_test, y_test)
-    assert (result.accuracy, result.train_samples, result.test_samples, result.classes) == (0.75, 145, 4, 3)
-    assert fit_and_score(x, labels, x_test, y_test) == result  # deterministic
-    assert fit_and_score(x, torch.full((150,), -1), x_test, y_test) is None
+    result = fit_probe(ProbeTask(x, labels, x_test, y_test))
+    assert (result.accuracy, len(result.train_labels), len(result.truth), result.classes) == (0.75, 145, 4, 3)
+    assert result.predicted.tolist() == [0, 1, 2, 0]  # the unseen class 7 sits on class 0's centre
+    again = fit_probe(ProbeTask(x, labels, x_test, y_test))
+    assert torch.equal(again.predicted, result.predicted)  # deterministic
+    assert fit_probe(ProbeTask(x, torch.full((150,), -1), x_test, y_test)) is None
+    side_by_side = fit_probes([ProbeTask(x, labels, x_test, y_test)] * 3, workers=2)
+    assert all(torch.equal(r.predicted, result.predicted) for r in side_by_side)  # the same fit on any thread
+
+
+def test_accuracy_without_silence_per_class_summary_and_majority_on_a_hand_made_example():
+    """8 test frames of 3 classes (0 = silence); every number below is counted by hand."""
+    truth = torch.tensor([0, 0, 0, 0, 5, 5, 7, 7])
+    predicted = torch.tensor([0, 0, 5, 0, 5, 0, 7, 5])
+    phone = ProbeResult(predicted=predicted, truth=truth, train_labels=torch.tensor([0, 0, 0, 5, 5, 7]))
+    assert phone.accuracy == 5 / 8
+    assert phone.accuracy_without(0) == 2 / 4  # frames 4..7: 5 right, 5 wrong, 7 right, 7 wrong
+    assert phone.accuracy_without(9) == 5 / 8
+    rows = class_accuracies(phone, ("SIL", "AA", "AE", "AH", "AO", "AW", "AY", "B"))
+    assert rows == (
+        ClassAccuracy(label=0, name="SIL", support=4, recall=3 / 4, predicted=4),
+        ClassAccuracy(label=5, name="AW", support=2, recall=1 / 2, predicted=3),
+        ClassAccuracy(label=7, name="B", support=2, recall=1 / 2, predicted=1),
+    )
+    assert class_accuracies(None) == ()
+
+    def labels(phones: list[int], speakers: list[int], utterance_speakers: list[int]) -> SplitLabels:
+        return SplitLabels((), (), torch.tensor(phones), torch.tensor(speakers), torch.tensor(utterance_speakers), 0.0)
+
+    # train: silence is the most frequent phone, 5 the most frequent other one; speaker 1 by frames,
+    # speaker 2 by utterances; unknown labels (-1) count nowhere
+    train = labels([0, 0, 0, 5, 5, 7, -1], [1, 1, 1, 2, 2, -1, -1], [2, 2, 1])
+    test = labels([0, 5, 7, 5, -1, 0, 0, 0], [1, 2, 2, 2, 1, -1, -1, -1], [1, 2])
+    majority = majority_accuracies(train, test)
+    assert majority == Accuracies(phone_acc=4 / 7, phone_acc_no_silence=2 / 3, speaker_acc_frame=2 / 5, speaker_acc_utt=1 / 2)
 
 
 def test_mfcc_frames_sit_on_the_label_frames():
@@ -141,8 +187,11 @@ def test_eval_on_librispeech_mini_end_to_end(tmp_path, tiny_presets, capsys):
     assert (corpus["labelled_train_utterances"], corpus["labelled_test_utterances"]) == (1, 1)
     assert corpus["test_utterances_of_unseen_speakers"] == 1 and corpus["phone_probe"] == "measured"
     for name, method in report["methods"].items():
-        for key in ("phone_acc", "speaker_acc_frame", "speaker_acc_utt"):
+        for key in ("phone_acc", "phone_acc_no_silence", "speaker_acc_frame", "speaker_acc_utt", "phone_balanced_acc"):
             assert 0.0 <= method[key] <= 1.0, (name, key)
+        classes = method["phone_classes"]
+        assert sum(c["support"] for c in classes) >= sum(c["predicted"] for c in classes) > 0  # also predicted: classes not in test
+        assert method["phone_acc"] == pytest.approx(sum(c["recall"] * c["support"] for c in classes) / sum(c["support"] for c in classes))
         assert method["phone_acc"] > 0.05  # 35 classes in the labels
         assert method["speaker_acc_frame"] > 1 / 7  # 7 speakers in train; 2911 is unseen and left out
     learned = report["methods"]["clapp_eprop"]
@@ -151,6 +200,9 @@ def test_eval_on_librispeech_mini_end_to_end(tmp_path, tiny_presets, capsys):
     assert learned["train_seconds_audio"] == pytest.approx(6.08)  # 19 windows of 5120 samples >= 6 s
     assert [round(p["minutes"], 3) for p in learned["learning_curve"]] == [0.053, 0.101]  # 10 and 19 windows
     assert report["methods"]["mfcc"]["per_module"] == [] and "learning_curve" not in report["methods"]["random"]
+    majority = report["majority"]
+    assert set(majority) == {"phone_acc", "phone_acc_no_silence", "speaker_acc_frame", "speaker_acc_utt"}
+    assert learned["compute_rtf"] > 0 and report["methods"]["random"]["compute_rtf"] is None
     markdown = (out / "eval.md").read_text()
     assert "| CLAPP with e-prop GRU (`clapp_eprop`) | yes |" in markdown and markdown in capsys.readouterr().out
     assert (out / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -158,24 +210,46 @@ def test_eval_on_librispeech_mini_end_to_end(tmp_path, tiny_presets, capsys):
 
 @requires_mini
 @pytest.mark.slow
-def test_eval_is_deterministic_for_a_seed_and_reports_speakers_without_split_files(tiny_presets):
-    corpus = LibriSpeechCorpus(MINI, MINI_LABELS)
+def test_eval_is_deterministic_for_a_seed_and_reports_speakers_without_labels(tiny_presets):
+    corpus = LibriSpeechCorpus(MINI)
 
     def run(seed: int) -> dict:
         settings = EvaluationSettings(train_minutes=0.05, seed=seed, max_frames=3000, curve_points=2)
         methods = resolve_methods(["mfcc", "clapp_eprop"], seed=seed, presets=tiny_presets)
         report = Evaluation(corpus, settings).run(methods).to_dict()
         for method in report["methods"].values():
-            del method["wall_seconds"]
+            del method["wall_seconds"], method["compute_rtf"]
         return report
 
     first, second, other = run(0), run(0), run(1)
     assert first == second
     assert first != other
     assert first["corpus"]["split"] == "80/20 per speaker"
-    assert first["corpus"]["phone_probe"] == "not measured: no utterance of the test split has phone labels"
+    assert first["corpus"]["phone_probe"] == "not measured: no utterance of the train split has phone labels"
     for method in first["methods"].values():
         assert method["phone_acc"] is None and method["speaker_acc_frame"] > 1 / 8
+
+
+@requires_mini
+def test_baselines_come_from_the_cache_until_an_input_changes(tmp_path, tiny_presets):
+    labels = tmp_path / "labels"
+    shutil.copytree(MINI_LABELS, labels)
+    cache = ResultCache(tmp_path / "cache")
+    settings = EvaluationSettings(train_minutes=0.05, max_frames=2000)
+
+    def run() -> EvaluationReport:
+        methods = resolve_methods(["mfcc", "random", "clapp_eprop"], seed=0, presets=tiny_presets)
+        return Evaluation(LibriSpeechCorpus(MINI, labels), settings, cache=cache).run(methods)
+
+    first, second = run(), run()
+    assert [r.cached for r in first.methods.values()] == [False, False, False]
+    assert [r.cached for r in second.methods.values()] == [True, True, False]  # a learner is never cached
+    for name in ("mfcc", "random"):
+        assert second.methods[name].top == first.methods[name].top
+        assert second.methods[name].per_module == first.methods[name].per_module
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 2
+    (labels / "converted_aligned_phones.txt").write_text((labels / "converted_aligned_phones.txt").read_text())
+    assert not any(r.cached for r in run().methods.values())  # a label file was written again: every key changed
 
 
 def test_cli_refuses_bad_input_with_one_sentence(tmp_path, capsys):

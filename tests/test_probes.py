@@ -80,6 +80,21 @@ def test_a_module_coarser_than_10_ms_is_sampled_at_the_nearest_frame():
     assert to_label_frames(features, grid, 8)[:, 0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
+def test_pooled_label_frames_equal_the_frame_by_frame_mean_for_every_grid_and_length():
+    from online_gim.probes import _scatter_to_label_frames
+
+    generator = torch.Generator().manual_seed(0)
+    grids = frame_grids(EncoderConfig()) + [FrameGrid(stride=32, offset=-40.5), FrameGrid(stride=320, offset=160.0)]
+    for grid in grids:
+        for samples in (20480, 64000 + 77, 321, 160):
+            frames = max(1, (samples - 10) // grid.stride)
+            features = torch.randn(frames, 7, generator=generator)
+            num_frames = samples // FRAME_SAMPLES
+            fast = to_label_frames(features, grid, num_frames)
+            assert fast.shape == (num_frames, 7)
+            torch.testing.assert_close(fast, _scatter_to_label_frames(features, grid, num_frames), rtol=1e-6, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------ probes
 
 

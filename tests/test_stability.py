@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from online_gim.config import LearnerConfig
-from online_gim.evaluation.features import extract_features, learner_encoder
-from online_gim.evaluation.linear_probe import fit_and_score
+from online_gim.evaluation.features import extract_features, learner_encoder, split_labels
+from online_gim.evaluation.linear_probe import ProbeTask, fit_probe
 from online_gim.evaluation.split import split_corpus
 from online_gim.evaluation.training import train_online
 from online_gim.learner import OnlineLearner
@@ -50,9 +50,9 @@ def top_phone_accuracy(learner: OnlineLearner, corpus: LibriSpeechCorpus) -> flo
     """Test accuracy of a linear phone probe on the learner's top module (train split -> test split)."""
     split = split_corpus(corpus, seed=0)
     encode = learner_encoder(learner, [learner.num_modules - 1])
-    train = extract_features(split.train, encode, speakers=split.speakers, max_frames=8000, seed=0)
-    test = extract_features(split.test, encode, speakers=split.speakers, max_frames=8000, seed=1)
-    return fit_and_score(train.frames[0], train.phones, test.frames[0], test.phones).accuracy
+    train = extract_features(split_labels(split.train, speakers=split.speakers, max_frames=8000, seed=0), encode)
+    test = extract_features(split_labels(split.test, speakers=split.speakers, max_frames=8000, seed=1), encode)
+    return fit_probe(ProbeTask(train.frames[0], train.labels.phones, test.frames[0], test.labels.phones)).accuracy
 
 
 @pytest.mark.slow

@@ -8,8 +8,9 @@ come from the corpus (aligned to the end of the audio, :func:`streams.chunk.expa
 and are read at each frame's centre sample (:func:`streams.chunk.frame_labels_of`).
 
 To bound memory and probe-fitting time, at most about ``max_frames`` frames per split are kept
-(a seeded random subset of frames, the same for every module). The per-utterance mean feature of
-every module is taken over all of the utterance's frames.
+(a seeded random subset of frames, the same for every encoder: :func:`split_labels` chooses them
+once per split, :func:`extract_features` encodes with any encoder). The per-utterance mean feature
+of every module is taken over all of the utterance's frames.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import soundfile
 import torch
 
+from online_gim.evaluation.progress import Progress
+from online_gim.evaluation.split import Segment
 from online_gim.learner import OnlineLearner
 from online_gim.probes import frame_grids, to_label_frames
 from streams.chunk import frame_labels_of
-from streams.corpora.librispeech import Utterance
 from streams.window import FRAME_SAMPLES, SAMPLE_RATE
 
 Encoder = Callable[[np.ndarray], list[torch.Tensor]]
@@ -35,26 +36,41 @@ MFCC_COEFFICIENTS = 13
 
 
 @dataclass(frozen=True)
-class SplitFeatures:
-    """Features and labels of one split.
+class SplitLabels:
+    """The frames of a split that the frame-level probes use, and every label the probes need.
 
     Attributes:
-        frames: per module, ``(N, C_m)`` float32 features of the kept frames (the same frames for
-            every module).
+        segments: the split's segments that hold at least one whole 10 ms frame, in order.
+        keep: per segment, ``(frames,)`` bool: which of its label frames are kept.
         phones: ``(N,)`` int64 phone class of each kept frame, -1 where unknown.
         speakers: ``(N,)`` int64 index of each kept frame's speaker in the speaker list given to
-            :func:`extract_features`, -1 for a speaker not in it.
-        utterance_means: per module, ``(U, C_m)`` mean feature of each utterance (all its frames).
-        utterance_speakers: ``(U,)`` int64 speaker index of each utterance, -1 if not in the list.
-        seconds: seconds of audio encoded.
+            :func:`split_labels`, -1 for a speaker not in it.
+        utterance_speakers: ``(U,)`` int64 speaker index of each segment, -1 if not in the list.
+        seconds: seconds of audio in the segments.
+    """
+
+    segments: tuple[Segment, ...]
+    keep: tuple[np.ndarray, ...]
+    phones: torch.Tensor
+    speakers: torch.Tensor
+    utterance_speakers: torch.Tensor
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SplitFeatures:
+    """Features of one split, with its labels.
+
+    Attributes:
+        frames: per module, ``(N, C_m)`` float32 features of the kept frames (``labels.keep``; the
+            same frames for every module).
+        utterance_means: per module, ``(U, C_m)`` mean feature of each segment (all its frames).
+        labels: the split's :class:`SplitLabels`.
     """
 
     frames: tuple[torch.Tensor, ...]
-    phones: torch.Tensor
-    speakers: torch.Tensor
     utterance_means: tuple[torch.Tensor, ...]
-    utterance_speakers: torch.Tensor
-    seconds: float
+    labels: SplitLabels
 
 
 def learner_encoder(learner: OnlineLearner, modules: Sequence[int] | None = None) -> Encoder:
@@ -97,62 +113,68 @@ def mfcc_encoder() -> Encoder:
     return encode
 
 
-def _label_frames(utterance: Utterance) -> int:
-    """Label frames of an utterance at 16 kHz, from its file header (no decoding)."""
-    info = soundfile.info(str(utterance.path))
-    return info.frames * SAMPLE_RATE // info.samplerate // FRAME_SAMPLES
-
-
-def extract_features(
-    utterances: Sequence[Utterance],
-    encode: Encoder,
-    *,
-    speakers: Sequence[str],
-    max_frames: int,
-    seed: int,
-) -> SplitFeatures:
-    """Encodes every utterance and keeps about ``max_frames`` of their frames (module docstring).
+def split_labels(segments: Sequence[Segment], *, speakers: Sequence[str], max_frames: int, seed: int) -> SplitLabels:
+    """Chooses the kept frames of a split (module docstring) and gathers their labels.
 
     Args:
-        utterances: the split.
-        encode: the encoder.
-        speakers: the speaker classes (an utterance of another speaker gets index -1).
+        segments: the split.
+        speakers: the speaker classes (a segment of another speaker gets index -1).
         max_frames: frames to keep at most (about: each frame is kept with probability
             ``max_frames / total``).
         seed: seeds the choice of frames.
     Raises:
-        ValueError: no utterance is long enough for one 10 ms frame.
+        ValueError: no segment is long enough for one 10 ms frame.
     """
     index = {speaker: i for i, speaker in enumerate(speakers)}
-    total = sum(_label_frames(u) for u in utterances)
+    lengths = [segment.num_samples() for segment in segments]
+    total = sum(n // FRAME_SAMPLES for n in lengths)
     keep_probability = min(1.0, max_frames / total) if total else 1.0
     rng = np.random.default_rng(seed)
-    kept: list[list[torch.Tensor]] = []
-    means: list[list[torch.Tensor]] = []
-    phones, frame_speakers, utterance_speakers = [], [], []
-    seconds = 0.0
-    for utterance in utterances:
-        audio = utterance.load()
-        frames = audio.shape[0] // FRAME_SAMPLES
+    kept_segments, keeps, phones, frame_speakers, utterance_speakers = [], [], [], [], []
+    for segment, samples in zip(segments, lengths):
+        frames = samples // FRAME_SAMPLES
         if frames == 0:
             continue
-        seconds += audio.shape[0] / SAMPLE_RATE
-        features = encode(audio)
-        keep = torch.from_numpy(rng.random(frames) < keep_probability)
-        kept.append([f[keep] for f in features])
-        means.append([f.mean(dim=0) for f in features])
-        labels = frame_labels_of(utterance.sample_phones(audio.shape[0])).astype(np.int64)
-        phones.append(torch.from_numpy(labels)[keep])
-        speaker = index.get(utterance.speaker, -1)
+        keep = rng.random(frames) < keep_probability
+        labels = frame_labels_of(segment.sample_phones()).astype(np.int64)
+        speaker = index.get(segment.speaker, -1)
+        kept_segments.append(segment)
+        keeps.append(keep)
+        phones.append(torch.from_numpy(labels[keep]))
         frame_speakers.append(torch.full((int(keep.sum()),), speaker, dtype=torch.long))
         utterance_speakers.append(speaker)
-    if not kept:
+    if not kept_segments:
         raise ValueError("no utterance holds a whole 10 ms frame")
-    return SplitFeatures(
-        frames=tuple(torch.cat(module) for module in zip(*kept)),
+    return SplitLabels(
+        segments=tuple(kept_segments),
+        keep=tuple(keeps),
         phones=torch.cat(phones),
         speakers=torch.cat(frame_speakers),
-        utterance_means=tuple(torch.stack(module) for module in zip(*means)),
         utterance_speakers=torch.tensor(utterance_speakers, dtype=torch.long),
-        seconds=seconds,
+        seconds=sum(lengths) / SAMPLE_RATE,
+    )
+
+
+def extract_features(labels: SplitLabels, encode: Encoder, *, progress: Progress | None = None) -> SplitFeatures:
+    """Encodes every segment of a split and keeps the frames ``labels`` chose.
+
+    Args:
+        labels: the split's frames and labels (:func:`split_labels`).
+        encode: the encoder.
+        progress: advanced by each segment's seconds of audio.
+    """
+    kept: list[list[torch.Tensor]] = []
+    means: list[list[torch.Tensor]] = []
+    for segment, keep in zip(labels.segments, labels.keep):
+        audio = segment.load()
+        features = encode(audio)
+        mask = torch.from_numpy(keep)
+        kept.append([f[mask] for f in features])
+        means.append([f.mean(dim=0) for f in features])
+        if progress is not None:
+            progress.advance(audio.shape[0] / SAMPLE_RATE)
+    return SplitFeatures(
+        frames=tuple(torch.cat(module) for module in zip(*kept)),
+        utterance_means=tuple(torch.stack(module) for module in zip(*means)),
+        labels=labels,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from online_gim.evaluation.results import EvaluationReport
+from online_gim.evaluation.results import Accuracies, EvaluationReport
 
 METHOD_TITLES = {
     "random": "random init",
@@ -22,26 +22,39 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def _row(accuracies: Accuracies) -> str:
+    return (f"{percent(accuracies.phone_acc)} | {percent(accuracies.phone_acc_no_silence)} | "
+            f"{percent(accuracies.speaker_acc_frame)} | {percent(accuracies.speaker_acc_utt)}")
+
+
 def markdown_tables(report: EvaluationReport) -> str:
-    """The method table (test accuracy in %, top module) and the per-module table (phones / speakers per frame)."""
+    """The method table (test accuracy in %, top module, with the majority-class row), the
+    per-module table (phones / speakers per frame), the per-class phone table and the learning curves."""
     corpus = report.corpus
+    replay = corpus.get("replay") or {}
+    replayed = f", {replay['ratio']:g} replayed updates per window" if replay.get("ratio") else ""
+    stream = corpus.get("train_stream", "the train split")
+    source = "" if stream == "the train split" else f" of {', '.join(stream)}"
     lines = [
         f"Linear probes, test accuracy in % ({corpus['train_utterances']} train / {corpus['test_utterances']} test "
         f"utterances, {corpus['speakers']} speakers, split: {corpus['split']}, seed {corpus['seed']}; "
-        f"each learner trained online on {corpus['train_minutes']:g} min of stream).",
+        f"each learner trained online on {corpus['train_minutes']:g} min of stream{source}{replayed}).",
         "",
-        "| method | BP-free | phones | speakers (frame) | speakers (utterance) | stream (min) | wall (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| method | BP-free | phones | phones w/o silence | speakers (frame) | speakers (utterance) "
+        "| stream (min) | compute RTF | wall (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| majority class | yes | {_row(report.majority)} | - | - | - |",
     ]
     for name, result in report.methods.items():
+        rtf = f"{result.compute_rtf:.2f}" if result.compute_rtf is not None else "-"
+        wall = "cached" if result.cached else f"{result.wall_seconds:.0f}"
         lines.append(
-            f"| {METHOD_TITLES.get(name, name)} (`{name}`) | {result.bp_free} | {percent(result.phone_acc)} | "
-            f"{percent(result.speaker_acc_frame)} | {percent(result.speaker_acc_utt)} | "
-            f"{result.train_seconds_audio / 60:.1f} | {result.wall_seconds:.0f} |"
+            f"| {METHOD_TITLES.get(name, name)} (`{name}`) | {result.bp_free} | {_row(result.top)} | "
+            f"{result.train_seconds_audio / 60:.1f} | {rtf} | {wall} |"
         )
     layered = {name: result for name, result in report.methods.items() if result.per_module}
     if layered:
-        depth = max(len(result.per_module) for result in layered.values())
+        depth = max(m.module for result in layered.values() for m in result.per_module) + 1
         lines += [
             "",
             "Per module (0 = lowest conv module; the GRU, if any, last): phones / speakers per frame, in %.",
@@ -55,6 +68,7 @@ def markdown_tables(report: EvaluationReport) -> str:
                 found = [m for m in result.per_module if m.module == module]
                 cells.append(f"{percent(found[0].phone_acc)} / {percent(found[0].speaker_acc_frame)}" if found else "")
             lines.append(f"| {module} | " + " | ".join(cells) + " |")
+    lines += _class_table(report)
     curves = {name: result.learning_curve for name, result in report.methods.items() if result.learning_curve}
     for name, curve in curves.items():
         lines += [
@@ -66,3 +80,25 @@ def markdown_tables(report: EvaluationReport) -> str:
             "| accuracy | " + " | ".join(f"{percent(p.phone_acc)} / {percent(p.speaker_acc_frame)}" for p in curve) + " |",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _class_table(report: EvaluationReport) -> list[str]:
+    """Per phone class of the test split: support and each method's recall (top module), with the
+    balanced accuracy (mean recall) as the last row."""
+    methods = {name: result for name, result in report.methods.items() if result.phone_classes}
+    if not methods:
+        return []
+    first = next(iter(methods.values())).phone_classes
+    lines = [
+        "",
+        "Phone probe per class (top module): recall in % of each class's test frames.",
+        "",
+        "| class | test frames | " + " | ".join(f"`{name}`" for name in methods) + " |",
+        "|---|---|" + "---|" * len(methods),
+    ]
+    for index, row in enumerate(first):
+        recalls = [percent(result.phone_classes[index].recall) for result in methods.values()]
+        lines.append(f"| {row.name or row.label} | {row.support} | " + " | ".join(recalls) + " |")
+    balanced = [percent(result.phone_balanced_acc) for result in methods.values()]
+    lines.append("| **balanced accuracy** | | " + " | ".join(balanced) + " |")
+    return lines

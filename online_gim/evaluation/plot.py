@@ -32,7 +32,7 @@ def plot_report(report: EvaluationReport, path: str | Path) -> None:
                 modules = [m.module for m in result.per_module]
                 axis.plot(modules, [_percent(getattr(m, key)) for m in result.per_module], marker="o", label=name)
         if "mfcc" in levels:
-            axis.axhline(_percent(getattr(levels["mfcc"], key)), color="grey", linestyle="--", label="mfcc")
+            axis.axhline(_percent(getattr(levels["mfcc"].top, key)), color="grey", linestyle="--", label="mfcc")
         axis.set(title=f"Linear probe per module: {title}", xlabel="module (0 = lowest conv)", ylabel="test accuracy (%)")
         axis.xaxis.get_major_locator().set_params(integer=True)
         axis.grid(alpha=0.3)
@@ -45,7 +45,7 @@ def plot_report(report: EvaluationReport, path: str | Path) -> None:
         curve_axis.plot(minutes, [_percent(p.speaker_acc_frame) for p in curve], marker="s", label=f"{name}: speakers/frame")
     for (name, result), style in zip(levels.items(), (":", "--")):
         for key, color, task in (("phone_acc", "tab:blue", "phones"), ("speaker_acc_frame", "tab:orange", "speakers/frame")):
-            curve_axis.axhline(_percent(getattr(result, key)), color=color, linestyle=style, label=f"{name}: {task}")
+            curve_axis.axhline(_percent(getattr(result.top, key)), color=color, linestyle=style, label=f"{name}: {task}")
     curve_axis.set(
         title="Learning curve (top module)" if curves else "Learning curve (none measured)",
         xlabel="minutes of stream",

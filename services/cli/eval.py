@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from services.cli import CliError
+from streams.replay_config import ReplayConfig
 
 LABEL_FOLDERS = ("labels", "LibriSpeech100_labels_split")
 """Label folders looked for inside ``--corpus`` when ``--labels`` is not given."""
@@ -60,6 +61,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="methods whose learning curve is measured (default: clapp_eprop; '' for none)")
     parser.add_argument("--curve-points", type=int, default=4, metavar="N",
                         help="points per learning curve, evenly spaced over the budget (default: 4)")
+    parser.add_argument("--train-corpus", type=Path, default=None, metavar="DIR",
+                        help="learn from all the audio of this LibriSpeech-layout tree instead of --corpus' train split "
+                        "(transfer: e.g. learn on LibriSpeech, probe on another corpus)")
+    parser.add_argument("--probe-modules", choices=("all", "top"), default="all",
+                        help="probe every module of a learner (default) or only its top module (faster)")
+    parser.add_argument("--replay", type=float, default=0.0, metavar="R",
+                        help="replayed updates per stream window of every trained learner, from a store of recent "
+                        "windows (listen --replay; default 0)")
+    parser.add_argument("--replay-minutes", type=float, default=ReplayConfig.minutes, metavar="M",
+                        help=f"minutes of audio the replay store holds (default {ReplayConfig.minutes:g})")
+    parser.add_argument("--replay-policy", choices=("recent", "uniform", "reservoir"), default=ReplayConfig.policy,
+                        help=f"how replayed windows are drawn (default {ReplayConfig.policy}; see docs/replay.md)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="compute the baselines (mfcc, random) even when the evaluation cache holds them")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(func=run_eval)
 
@@ -89,9 +104,16 @@ def run_eval(args: argparse.Namespace) -> int:
         raise CliError("--train-minutes must be positive")
     if args.max_frames < 1 or args.curve_points < 1:
         raise CliError("--max-frames and --curve-points must be at least 1")
+    if args.train_corpus is not None and not args.train_corpus.is_dir():
+        raise CliError(f"--train-corpus {args.train_corpus} is not a folder")
+    try:
+        replay = ReplayConfig(ratio=args.replay, minutes=args.replay_minutes, policy=args.replay_policy)
+    except ValueError as error:
+        raise CliError(f"--replay: {error}") from None
     _check_outputs(args.json, args.markdown, args.plot)
     labels = _labels_folder(args)
 
+    from online_gim.evaluation.cache import ResultCache, default_folder
     from online_gim.evaluation.markdown import markdown_tables
     from online_gim.evaluation.methods import PRESETS_DIR, resolve_methods
     from online_gim.evaluation.plot import plot_report
@@ -109,13 +131,22 @@ def run_eval(args: argparse.Namespace) -> int:
         raise CliError(str(error)) from None
     if len(corpus) == 0:
         raise CliError(f"no utterances (<speaker>-<chapter>-<utt>.flac/.wav) under {args.corpus}")
+    train_corpus = None
+    if args.train_corpus is not None:
+        train_corpus = LibriSpeechCorpus(args.train_corpus)
+        if len(train_corpus) == 0:
+            raise CliError(f"no utterances (<speaker>-<chapter>-<utt>.flac/.wav) under {args.train_corpus}")
     settings = EvaluationSettings(
         train_minutes=args.train_minutes, seed=args.seed, max_frames=args.max_frames,
         curve_methods=tuple(_names(args.curve_methods)), curve_points=args.curve_points,
+        probe_modules=args.probe_modules, replay=replay,
     )
     log = None if args.quiet else (lambda line: print(f"eval: {line}", file=sys.stderr, flush=True))
     try:
-        evaluation = Evaluation(corpus, settings, log=log)
+        evaluation = Evaluation(
+            corpus, settings, log=log, train_corpus=train_corpus,
+            cache=None if args.no_cache else ResultCache(default_folder()),
+        )
     except ValueError as error:
         raise CliError(str(error)) from None
     report = evaluation.run(methods)
