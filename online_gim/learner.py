@@ -191,9 +191,8 @@ class OnlineLearner:
             return self._report(window, [], [], started, skipped=True, replay=replay)
         scheduled = self._scheduled(modules)
         context = _WindowContext(window=window, speakers=window.frame_speakers(), replay=replay)
-        normalise = self.input_norm.apply if replay else self.input_norm.update_and_apply
-        x = normalise(samples.to(torch.float32))[None, None, :]
-        with self._replayed_recurrence() if replay else nullcontext():
+        with self._replay_scope() if replay else nullcontext():
+            x = self.input_norm.update_and_apply(samples.to(torch.float32))[None, None, :]
             if self.config.mode == "e2e":
                 module_reports, embeddings = self._step_e2e(x, context)
             else:
@@ -205,9 +204,12 @@ class OnlineLearner:
         return self._report(window, module_reports, embeddings, started, skipped=False, probes=probes, replay=replay)
 
     @contextmanager
-    def _replayed_recurrence(self) -> Iterator[None]:
-        """Runs the GRU of a replayed window from a zero state and zero traces, then puts the live
-        stream's state and traces back."""
+    def _replay_scope(self) -> Iterator[None]:
+        """The statistics and recurrent state of the live stream, saved before a replayed window and
+        put back after it; the GRU runs the replayed window from a zero state and zero traces."""
+        input_norm = self.input_norm.state_dict()
+        buffers = [buffer for stage in self.stages if isinstance(stage.module, ConvModule) for buffer in stage.module.buffers()]
+        statistics = [buffer.clone() for buffer in buffers]
         hidden = self.hidden
         traces = self.traces.state_dict() if self.traces is not None else None
         self.hidden = torch.zeros_like(hidden)
@@ -217,6 +219,9 @@ class OnlineLearner:
         try:
             yield
         finally:
+            self.input_norm.load_state_dict(input_norm)
+            for buffer, saved in zip(buffers, statistics):
+                buffer.copy_(saved)
             self.hidden = hidden
             if self.traces is not None:
                 self.traces.load_state_dict(traces)
@@ -259,7 +264,7 @@ class OnlineLearner:
             started = time.perf_counter()
             if isinstance(stage.module, ConvModule):
                 with torch.no_grad():
-                    y = stage.module.forward_window(h, update_statistics=self._folds_statistics(context))
+                    y = stage.module.forward_window(h, update_statistics=True)
                 frames = y[0].T  # (T, C)
                 if not context.replay:
                     self._remember(stage, frames, context)
@@ -270,12 +275,6 @@ class OnlineLearner:
             embeddings.append(frames)
             reports.append(self._module_report(index, parts, frames, started))
         return reports, embeddings
-
-    def _folds_statistics(self, context: _WindowContext) -> bool:
-        """Whether the conv modules store this window's statistics: always for ``window`` norm (the
-        scored recompute normalises by them), not for a replayed window under ``time`` norm (its
-        running statistics describe the live stream)."""
-        return not context.replay or self.config.encoder.norm == "window"
 
     def _module_report(self, index: int, parts: LossParts | None, frames: torch.Tensor, started: float) -> ModuleReport:
         return module_report(index, parts, frames, started)
@@ -390,7 +389,7 @@ class OnlineLearner:
         h = x
         for stage in self.stages:
             if isinstance(stage.module, ConvModule):
-                h = stage.module.forward_window(h, update_statistics=self._folds_statistics(context))
+                h = stage.module.forward_window(h, update_statistics=True)
                 outputs.append(h[0].T)
         targets = outputs[-1]  # (T, C) top conv encodings, with the graph
         top = self.stages[-1]

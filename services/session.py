@@ -16,6 +16,11 @@ window (round-robin over the modules, all of them still run forward), and goes b
 when it has caught up; the share of module updates skipped is reported. A replay at maximum speed
 waits for the learner instead of dropping audio, so there the budget stays at all modules.
 
+``replay`` (``--replay R``): after each live window the learner may learn again from windows of the
+past kept in a :class:`~streams.replay.ReplayStore`, up to ``R`` per live window and only in time
+the live stream leaves idle (:class:`~services.replay_schedule.ReplaySchedule`); replayed steps are
+counted in the summary (``replayed_windows``, ``compute_rtf``), not shown to the observers.
+
 Usage::
 
     learner = OnlineLearner(LearnerConfig())
@@ -41,6 +46,9 @@ from online_gim.report import StepReport
 from streams.chunk import AudioChunk
 from streams.counters import StreamCounters
 from streams.feeder import Feeder
+from services.replay_schedule import ReplaySchedule
+from streams.replay import ReplayStore
+from streams.replay_config import ReplayConfig
 from streams.ring_buffer import RingBuffer, StreamError
 from streams.sources.base import AudioSource
 from streams.window import SAMPLE_RATE, AudioWindow
@@ -79,7 +87,7 @@ class Learner(Protocol):
 
     num_modules: int
 
-    def step(self, window: AudioWindow, modules: Sequence[int] | None = None) -> StepReport: ...
+    def step(self, window: AudioWindow, modules: Sequence[int] | None = None, *, replay: bool = False) -> StepReport: ...
 
 
 class AudioRecorder:
@@ -220,7 +228,9 @@ class ListenSummary:
 
     Counts are in windows and in samples at 16 kHz; times in seconds. ``real_time_factor`` is the
     learner's compute time per second of stream it advanced over (``windows_processed * hop``):
-    below 1 it keeps up with a live source. ``final_loss`` maps each module to the mean of its loss
+    below 1 it keeps up with a live source. ``replayed_windows``: replayed updates (``--replay``);
+    ``replayed_per_window`` their number per live window; ``compute_rtf``: all compute, replays
+    included, per second of stream. ``final_loss`` maps each module to the mean of its loss
     over its last 10 updates (``None`` if it never updated). ``probe_*_accuracy``: the online
     probes' running prequential accuracies after the last window (``None`` without probes or
     before any labelled window).
@@ -245,6 +255,10 @@ class ListenSummary:
     wall_seconds: float = 0.0
     compute_seconds: float = 0.0
     real_time_factor: float | None = None
+    replayed_windows: int = 0
+    replayed_per_window: float = 0.0
+    replay_compute_seconds: float = 0.0
+    compute_rtf: float | None = None
     model_step: int = 0
     module_updates_skipped_fraction: float = 0.0
     final_loss: dict[str, float | None] = field(default_factory=dict)
@@ -287,6 +301,8 @@ class ListenSession:
         schedule_name: how the schedule is shown in the summary (default ``auto`` or ``learner``).
         origin: stream position of the source's first sample (a resumed stream goes on where its
             checkpoint stopped, see :mod:`online_gim.state`); default 0.
+        replay: replayed updates per live window and their store (module docstring); ``None`` or
+            ratio 0: none. The learner's ``step`` must take ``replay=True``.
     """
 
     def __init__(
@@ -303,6 +319,7 @@ class ListenSession:
         observers: Sequence[StepObserver] = (),
         schedule_name: str | None = None,
         origin: int = 0,
+        replay: ReplayConfig | None = None,
     ) -> None:
         config = getattr(learner, "config", None)
         window = window or getattr(config, "window", None)
@@ -324,6 +341,12 @@ class ListenSession:
         # A replay at max speed waits for the learner (backpressure): nothing to save time for.
         paced = not self._pull or source.speed is not None
         self.budget = ModuleBudget(learner.num_modules) if auto_schedule and paced else None
+        self._speed = (source.speed if self._pull else 1.0) or None  # stream seconds per wall second
+        self.replay_store: ReplayStore | None = None
+        self.replay_schedule: ReplaySchedule | None = None
+        if replay is not None and replay.ratio > 0:
+            self.replay_store = ReplayStore(replay, window=window, seed=getattr(config, "seed", 0))
+            self.replay_schedule = ReplaySchedule(replay.ratio, paced=paced)
         if auto_schedule and not paced:
             log.info("--schedule auto: the replay runs at max speed and waits for the learner; all modules update")
         self.summary = ListenSummary(
@@ -411,6 +434,30 @@ class ListenSession:
         counters = self.buffer.counters
         for observer in self.observers:
             observer.on_step(window, report, counters)
+        if self.replay_schedule is not None and not report.skipped_nonfinite:
+            self._replay(window, report, keeping_up=modules is None or len(modules) == self.learner.num_modules)
+
+    def _replay(self, window: AudioWindow, report: StepReport, *, keeping_up: bool) -> None:
+        """Learns again from stored windows while :class:`ReplaySchedule` allows (module docstring)."""
+        store, schedule = self.replay_store, self.replay_schedule
+        store.add(window)
+        schedule.record(report.seconds)
+        schedule.earn()
+        while not self._stop.is_set() and schedule.allows(next_window_seconds=self._next_window_seconds(), keeping_up=keeping_up):
+            replayed = self.learner.step(store.sample(), replay=True)
+            schedule.spend()
+            schedule.record(replayed.seconds)
+            self.summary.replayed_windows += 1
+            self.summary.replay_compute_seconds += replayed.seconds
+
+    def _next_window_seconds(self) -> float | None:
+        """Wall seconds until the next live window is complete (0 if one is waiting; ``None`` after
+        the end of the stream or without pacing)."""
+        buffer = self.buffer
+        if buffer.closed or self._speed is None:
+            return None
+        missing = max(0, buffer.spec.window - buffer.backlog_samples)
+        return missing / SAMPLE_RATE / self._speed
 
     def _account(self, report: StepReport) -> None:
         summary = self.summary
@@ -451,6 +498,8 @@ class ListenSession:
         summary.seconds_of_audio = counters.samples_in / SAMPLE_RATE
         advanced = summary.windows_processed * summary.hop / SAMPLE_RATE
         summary.real_time_factor = summary.compute_seconds / advanced if advanced else None
+        summary.compute_rtf = (summary.compute_seconds + summary.replay_compute_seconds) / advanced if advanced else None
+        summary.replayed_per_window = summary.replayed_windows / summary.windows_processed if summary.windows_processed else 0.0
         summary.module_updates_skipped_fraction = (
             1.0 - self._updates_done / self._update_slots if self._update_slots else 0.0
         )

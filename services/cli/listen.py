@@ -31,6 +31,7 @@ from typing import Any
 
 from services.cli import CliError, listen_video, service_options
 from services.cli import state as state_options
+from streams.replay_config import ReplayConfig
 
 SOURCES = ("synth", "librispeech", "file", "mic", "video", "av")
 SCHEDULES = ("auto", "all", "random", "round_robin")
@@ -79,6 +80,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     learn.add_argument("--buffer-seconds", type=float, default=None, metavar="S",
                        help="ring buffer size in seconds of audio (default: 8 windows)")
+    learn.add_argument("--replay", type=float, default=0.0, metavar="R",
+                       help="learn again from up to R stored windows of the recent past after each live window, "
+                       "only in time the stream leaves idle (always at --speed max); default 0 (docs/replay.md)")
+    learn.add_argument("--replay-minutes", type=float, default=ReplayConfig.minutes, metavar="M",
+                       help=f"minutes of recent audio kept for replay (default {ReplayConfig.minutes:g}; 1.9 MB per minute)")
+    learn.add_argument("--replay-policy", choices=("recent", "uniform", "reservoir"), default=ReplayConfig.policy,
+                       help=f"how replayed windows are drawn from the store (default {ReplayConfig.policy})")
 
     run = parser.add_argument_group("run")
     run.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds of source audio")
@@ -308,6 +316,10 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
             print(f"online-gim listen: error: {document['video_error']}", file=sys.stderr)
         return 1 if failed else 0
     config, schedule = _learner_config(args)
+    try:
+        replay = ReplayConfig(ratio=args.replay, minutes=args.replay_minutes, policy=args.replay_policy)
+    except ValueError as error:
+        raise CliError(f"--replay: {error}") from None
     if args.hop is not None and not 0 < args.hop <= config.window:
         raise CliError(f"--hop must be between 1 and the window ({config.window})")
     capacity = None
@@ -336,7 +348,7 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
         session = ListenSession(
             source, learner, window=config.window, hop=args.hop, capacity=capacity,
             auto_schedule=schedule == "auto", max_seconds=args.duration, max_windows=args.max_windows,
-            schedule_name=schedule, origin=state.origin if state is not None else 0,
+            schedule_name=schedule, origin=state.origin if state is not None else 0, replay=replay,
         )
         if state is not None:
             session.add_observer(state_options.checkpointer(args, state, learner, source=source, hop=session.summary.hop))
@@ -446,7 +458,9 @@ def _print_summary(d: dict[str, Any]) -> None:
         f"   samples in {d['samples_in']}, dropped {d['samples_dropped']}, remainder {d['samples_remainder']}"
         f"   files skipped {d['files_skipped']}",
         f"real-time factor {number(d['real_time_factor'], '.3f')}"
-        f"   module updates skipped {d['module_updates_skipped_fraction']:.1%}   final loss per module: {losses}",
+        + (f" (compute RTF with {d['replayed_windows']} replayed windows, {d['replayed_per_window']:.2f} per window: "
+           f"{number(d['compute_rtf'], '.3f')})" if d.get("replayed_windows") else "")
+        + f"   module updates skipped {d['module_updates_skipped_fraction']:.1%}   final loss per module: {losses}",
     ]
     if d.get("probe_phone_accuracy") is not None or d.get("probe_speaker_accuracy") is not None:
         lines.append(
