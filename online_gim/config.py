@@ -115,6 +115,9 @@ class MemoryConfig(_Strict):
         max_age_updates: entries written more than this many updates ago are evicted (stale).
         exclusion_frames: entries of the same stream within this many frames of the anchor are
             never negatives (they are its true neighbours); default: ``prediction_steps``.
+        window_negatives: share of the negatives drawn from the current window's own frames
+            (outside the anchor's exclusion zone) instead of the memory: 0 = memory only, 1 = the
+            window only (``LocalObjective``). Not with ``policy: hard``.
     """
 
     capacity: int = Field(default=2048, gt=0)
@@ -123,6 +126,7 @@ class MemoryConfig(_Strict):
     hard_pool: int = Field(default=16, gt=0)
     max_age_updates: int = Field(default=200, gt=0)
     exclusion_frames: int | None = Field(default=None, ge=0)
+    window_negatives: float = Field(default=0.0, ge=0, le=1)
 
 
 class OptimConfig(_Strict):

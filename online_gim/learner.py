@@ -18,6 +18,7 @@ from online_gim.input_norm import InputNormalizer
 from online_gim.local_update import LocalStage, ModuleSchedule, apply_local_loss, module_report, step_optimizer
 from online_gim.losses import LossParts
 from online_gim.memory import NegativeMemory
+from online_gim.objective import WindowPool
 from online_gim.probes import OnlineProbes
 from online_gim.report import ModuleReport, ProbeReadout, StepReport
 from streams.window import FRAME_SAMPLES, AudioWindow
@@ -137,6 +138,7 @@ class OnlineLearner:
         return LocalStage.build(
             module, context_dim=context_dim, target_dim=target_dim, memory=memory, stride=stride,
             loss=self.config.loss, memory_config=self.config.memory, optim=self.config.optim, generator=self._generator,
+            exclusion=self._exclusion_frames,
         )
 
     @property
@@ -268,7 +270,7 @@ class OnlineLearner:
                 frames = y[0].T  # (T, C)
                 if not context.replay:
                     self._remember(stage, frames, context)
-                parts = self._update_conv(stage, h, frames.shape[0], context) if index in scheduled else None
+                parts = self._update_conv(stage, h, frames, context) if index in scheduled else None
                 h = y
             else:
                 frames, parts = self._run_gru(stage, h[0].T, context, learn=index in scheduled)
@@ -311,13 +313,18 @@ class OnlineLearner:
         """Clips the gradient norm and steps, unless the gradient is not finite. Returns whether it stepped."""
         return step_optimizer(optimizer, self.config.optim.grad_clip)
 
-    def _update_conv(self, stage: LocalStage, inputs: torch.Tensor, frames: int, context: _WindowContext) -> LossParts | None:
-        first, count = self._anchors(frames)
+    def _update_conv(
+        self, stage: LocalStage, inputs: torch.Tensor, frames: torch.Tensor, context: _WindowContext
+    ) -> LossParts | None:
+        """Scores a random run of the window's ``(T, C)`` output ``frames`` (recomputed with
+        gradient from ``inputs``) and steps the module's optimiser."""
+        first, count = self._anchors(frames.shape[0])
         steps = self.config.loss.prediction_steps
         recomputed = stage.module.forward_frames(inputs, first, first + count + steps)[0].T  # (count + K, C)
         anchors = torch.arange(count)
         positions = context.window.start_sample + (first + anchors.numpy()) * stage.stride
-        parts = stage.objective(recomputed[:count], recomputed, anchors, positions, source_id=context.window.source_id)
+        pool = WindowPool(frames, anchors + first)
+        parts = stage.objective(recomputed[:count], recomputed, anchors, positions, source_id=context.window.source_id, pool=pool)
         return self._apply(stage, parts)
 
     def _run_gru(
@@ -335,7 +342,9 @@ class OnlineLearner:
             return states.detach(), None
         anchors = torch.arange(states.shape[0] - self.config.loss.prediction_steps)
         positions = context.window.start_sample + anchors.numpy() * stage.stride
-        parts = stage.objective(states[anchors], inputs, anchors, positions, source_id=context.window.source_id)
+        parts = stage.objective(
+            states[anchors], inputs, anchors, positions, source_id=context.window.source_id, pool=WindowPool(inputs, anchors)
+        )
         return states.detach(), self._apply(stage, parts)
 
     def _run_eprop(
@@ -362,7 +371,10 @@ class OnlineLearner:
             if learn and len(anchors):
                 leaf = states.clone().requires_grad_(True)
                 positions = context.window.start_sample + anchors.numpy() * stage.stride
-                parts = stage.objective(leaf[anchors - first], inputs, anchors, positions, source_id=context.window.source_id)
+                parts = stage.objective(
+                    leaf[anchors - first], inputs, anchors, positions, source_id=context.window.source_id,
+                    pool=WindowPool(inputs, anchors),
+                )
                 if parts is None:
                     learn = False
                 else:
@@ -405,7 +417,10 @@ class OnlineLearner:
                 self._remember(self.stages[-1 if self.gru is None else -2], targets.detach(), context)
         anchors = torch.arange(targets.shape[0] - self.config.loss.prediction_steps)
         positions = context.window.start_sample + anchors.numpy() * top.stride
-        parts = top.objective(contexts[anchors], targets, anchors, positions, source_id=context.window.source_id)
+        parts = top.objective(
+            contexts[anchors], targets, anchors, positions, source_id=context.window.source_id,
+            pool=WindowPool(targets.detach(), anchors),
+        )
         updated = False
         if parts is not None and bool(torch.isfinite(parts.loss)):
             parts.loss.backward()

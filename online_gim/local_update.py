@@ -52,12 +52,14 @@ class LocalStage:
         memory_config: MemoryConfig,
         optim: OptimConfig,
         generator: torch.Generator,
+        exclusion: int = 0,
     ) -> LocalStage:
         """A stage whose head predicts ``target_dim`` targets from ``context_dim`` contexts; one Adam
         optimiser (``optim.lr``, torch's fused kernel: about twice as fast as the default on CPU)
-        over the module's and the head's parameters."""
+        over the module's and the head's parameters. ``exclusion``: frames around an anchor that
+        never give a window negative (:class:`~online_gim.objective.LocalObjective`)."""
         head = PredictionHead(context_dim, target_dim, loss.prediction_steps, split=loss.split_prediction, generator=generator)
-        objective = LocalObjective(loss, memory_config, head, memory, generator)
+        objective = LocalObjective(loss, memory_config, head, memory, generator, exclusion=exclusion)
         optimizer = torch.optim.Adam([*module.parameters(), *head.parameters()], lr=optim.lr, fused=True)
         return cls(module, head, memory, objective, optimizer, stride)
 

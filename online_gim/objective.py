@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -10,15 +12,38 @@ from online_gim.losses import LossParts, PredictionHead, clapp_hinge, distance_h
 from online_gim.memory import NegativeMemory
 
 
+@dataclass(frozen=True)
+class WindowPool:
+    """The current window's encodings in the target space: negatives from the same stretch of
+    stream (``MemoryConfig.window_negatives``).
+
+    Attributes:
+        frames: ``(T, C_z)`` the window's target encodings, detached.
+        anchors: ``(S,)`` int64 each anchor's frame index in ``frames``.
+    """
+
+    frames: torch.Tensor
+    anchors: torch.Tensor
+
+
 class LocalObjective:
-    """Scores a module's contexts against its future targets and negatives from its memory.
+    """Scores a module's contexts against its future targets and negatives from its memory (and,
+    with ``window_negatives``, from the current window).
+
+    A share ``window_negatives`` of the negative terms (each drawn independently) take a frame of
+    the current window instead of a memory entry, never within ``exclusion`` frames of the anchor
+    (its true neighbours): the contrast then has to be made within one utterance and one speaker,
+    on what changes inside the window (CPC's ablation: negatives from the current sequence beat
+    negatives from other sequences only, by 7 points of phone accuracy).
 
     Parameters:
         loss: which loss and its settings.
         memory_config: the negative policy (``uniform`` or ``hard``).
         head: the module's prediction matrices.
         memory: where negatives come from (encodings in the target space).
-        generator: draws the CLAPP positive/negative choices.
+        generator: draws the CLAPP positive/negative choices and the window negatives.
+        exclusion: half-width, in frames of the target sequence, of the zone around an anchor from
+            which no window negative is drawn.
     """
 
     def __init__(
@@ -28,11 +53,15 @@ class LocalObjective:
         head: PredictionHead,
         memory: NegativeMemory,
         generator: torch.Generator,
+        *,
+        exclusion: int = 0,
     ) -> None:
         if memory_config.policy == "hard" and loss.kind == "infonce":
             raise ValueError("memory policy 'hard' draws one negative per prediction: use it with the hinge losses")
         self.loss = loss
         self.policy = memory_config.policy
+        self.window_share = memory_config.window_negatives
+        self.exclusion = exclusion
         self.head = head
         self.memory = memory
         self.generator = generator
@@ -45,6 +74,7 @@ class LocalObjective:
         anchor_positions: np.ndarray,
         *,
         source_id: str,
+        pool: WindowPool | None = None,
     ) -> LossParts | None:
         """The local loss of ``S`` anchors.
 
@@ -56,6 +86,7 @@ class LocalObjective:
             anchor_positions: ``(S,)`` stream positions of the anchors, in samples (for the
                 memory's exclusion of the anchor's neighbours).
             source_id: the stream.
+            pool: the current window's encodings (window negatives; ignored when the share is 0).
         Returns:
             The loss parts, or ``None`` while the memory cannot yet provide the negatives.
         """
@@ -63,10 +94,10 @@ class LocalObjective:
         positives = gather_positives(targets, anchors, steps)
         if self.head.weight_c is None:
             pred = self.head.predict(context)
-            negatives = self._negatives(pred, anchor_positions, source_id)
+            negatives = self._negatives(pred, anchor_positions, source_id, pool)
             return None if negatives is None else self._loss(pred, positives, negatives)
         pred_z = self.head.predict(context.detach(), side="z")
-        negatives = self._negatives(pred_z, anchor_positions, source_id)
+        negatives = self._negatives(pred_z, anchor_positions, source_id, pool)
         if negatives is None:
             return None
         part_z = self._loss(pred_z, positives, negatives)
@@ -79,16 +110,51 @@ class LocalObjective:
             chance=part_z.chance,
         )
 
-    def _negatives(self, pred: torch.Tensor, anchor_positions: np.ndarray, source_id: str) -> torch.Tensor | None:
+    def _negatives(
+        self, pred: torch.Tensor, anchor_positions: np.ndarray, source_id: str, pool: WindowPool | None
+    ) -> torch.Tensor | None:
         anchors, steps, dim = pred.shape
+        count = self.loss.negatives if self.loss.kind == "infonce" else steps
+        if self.window_share > 0 and pool is not None and self.policy != "hard":
+            return self._mixed_negatives(anchor_positions, count, source_id, pool)
         if self.loss.kind == "infonce":
-            return self.memory.sample(anchor_positions, self.loss.negatives, source_id=source_id)
+            return self.memory.sample(anchor_positions, count, source_id=source_id)
         if self.policy == "hard":
             flat = self.memory.hardest(
                 pred.detach().reshape(anchors * steps, dim), np.repeat(anchor_positions, steps), source_id=source_id
             )
             return None if flat is None else flat.view(anchors, steps, dim)
         return self.memory.sample(anchor_positions, steps, source_id=source_id)
+
+    def _mixed_negatives(
+        self, anchor_positions: np.ndarray, count: int, source_id: str, pool: WindowPool
+    ) -> torch.Tensor | None:
+        """``(S, count, C)`` negatives: each from the window with probability ``window_share``, else
+        from the memory; ``None`` while the memory cannot serve (unless every one is from the window)."""
+        shape = (len(pool.anchors), count)
+        window = self._window_negatives(pool, shape)
+        if window is None:
+            return None if self.window_share >= 1 else self.memory.sample(anchor_positions, count, source_id=source_id)
+        if self.window_share >= 1:
+            return window
+        memory = self.memory.sample(anchor_positions, count, source_id=source_id)
+        if memory is None:
+            return None
+        from_window = torch.rand(shape, generator=self.generator) < self.window_share
+        return torch.where(from_window[..., None], window, memory)
+
+    def _window_negatives(self, pool: WindowPool, shape: tuple[int, int]) -> torch.Tensor | None:
+        """``shape + (C,)`` frames of the window drawn uniformly outside each anchor's exclusion
+        zone ``[anchor - exclusion, anchor + exclusion]``; ``None`` if the zone covers the window."""
+        frames = pool.frames.shape[0]
+        anchors = pool.anchors[:, None]
+        first = (anchors - self.exclusion).clamp(min=0)
+        excluded = (anchors + self.exclusion).clamp(max=frames - 1) - first + 1
+        allowed = frames - excluded
+        if int(allowed.min()) <= 0:
+            return None
+        draw = (torch.rand(shape, generator=self.generator) * allowed).long()
+        return pool.frames[draw + (draw >= first) * excluded]
 
     def _loss(self, pred: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> LossParts:
         kind = self.loss.kind
