@@ -338,11 +338,15 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
             auto_schedule=schedule == "auto", max_seconds=args.duration, max_windows=args.max_windows,
             schedule_name=schedule, origin=state.origin if state is not None else 0,
         )
+        checkpointer = None
         if state is not None:
-            session.add_observer(state_options.checkpointer(args, state, learner, source=source, hop=session.summary.hop))
+            checkpointer = state_options.checkpointer(args, state, learner, source=source, hop=session.summary.hop)
+            session.add_observer(checkpointer)
         if args.record is not None:
             session.add_observer(_recorder(args.record))
         service, board = _side_service(args, session, learner, config)
+        if board is not None and checkpointer is not None:
+            board.attach_checkpointer(checkpointer)
         if interactive:
             session.add_observer(StatusLine(console, session.summary.hop))
         video = listen_video.BesideAudio(args, source, session, board=board) if args.source == "av" else None
