@@ -384,7 +384,7 @@ def test_listen_refuses_a_state_of_another_config_and_leaves_it_untouched(tmp_pa
 @needs_audio
 @pytest.mark.slow
 def test_export_and_embed_reproduce_the_learner_features(tmp_path, fault_config, capsys):
-    from services.cli.state import _decode
+    from online_gim.audio_files import decode_file
 
     state, model, features = tmp_path / "s", tmp_path / "model.pt", tmp_path / "features"
     assert main(listen_args(state, fault_config, "--max-windows", "6")) == 0
@@ -398,7 +398,7 @@ def test_export_and_embed_reproduce_the_learner_features(tmp_path, fault_config,
     learner.load_state_dict(newest_state(state)["learner"])
     for path in files:
         written = np.load(features / f"{path.stem}.npy")
-        expected = learner.embed(_decode(path))[2].numpy()
+        expected = learner.embed(decode_file(path))[2].numpy()
         assert written.dtype == np.float32 and written.shape == expected.shape
         np.testing.assert_array_equal(written, expected)
     assert Encoder.load(model).num_modules == 6

@@ -205,41 +205,55 @@ def _phone_names(args: argparse.Namespace):
 
 
 class StatusLine:
-    """A :class:`~services.session.StepObserver` that keeps one status line on the terminal (rich):
-    source time, windows, drops, real-time factor, module updates and per-module loss."""
+    """A :class:`~services.session.StepObserver` that shows the run's progress through a
+    :class:`~services.progress.ProgressReporter` (seconds of audio processed), with a status: source
+    time, windows, drops, real-time factor, module updates and per-module loss. With the audio the
+    run will process known (:func:`audio_to_process`), a bar and the time left on a terminal, a
+    plain line every few seconds otherwise; without, the status alone."""
 
-    def __init__(self, console, hop: int) -> None:
-        from rich.live import Live
-
+    def __init__(self, reporter, hop: int) -> None:
+        self._reporter = reporter
         self._hop_seconds = hop / 16_000
         self._compute = 0.0
         self._windows = 0
         self._slots = 0
         self._updates = 0
-        self._live = Live(console=console, refresh_per_second=4, transient=True)
-        self._live.start()
+        self._first_sample: int | None = None
 
     def on_step(self, window, report, counters) -> None:
-        from rich.text import Text
-
         self._windows += 1
         self._compute += report.seconds
         self._slots += len(report.modules)
         self._updates += sum(m.updated for m in report.modules)
+        if self._first_sample is None:
+            self._first_sample = window.start_sample
+        processed = (window.start_sample + int(window.samples.shape[-1]) - self._first_sample) / 16_000
         rtf = self._compute / (self._windows * self._hop_seconds)
         losses = " ".join("-" if not math.isfinite(m.loss) else f"{m.loss:.2f}" for m in report.modules)
         share = self._updates / self._slots if self._slots else 1.0
-        self._live.update(
-            Text(
-                f"t={counters.source_seconds:.1f}s  win {self._windows}  drop {counters.samples_dropped / 16000:.1f}s"
-                f"  rtf {rtf:.2f}  upd {share:.0%}  loss {losses}",
-                no_wrap=True,
-                overflow="ellipsis",
-            )
+        self._reporter.update(
+            processed,
+            status=f"t={counters.source_seconds:.1f}s  win {self._windows}  drop {counters.samples_dropped / 16000:.1f}s"
+            f"  rtf {rtf:.2f}  upd {share:.0%}  loss {losses}",
         )
 
     def close(self) -> None:
-        self._live.stop()
+        self._reporter.close()
+
+
+def audio_to_process(args: argparse.Namespace, source, window: int, hop: int) -> float | None:
+    """Seconds of audio this run will process when it ends by itself: the least of ``--duration``,
+    the span of ``--max-windows`` windows and what a one-pass replay or file holds; ``None`` for an
+    endless stream (a microphone, a looping replay) without either option."""
+    from streams.sources.base import AudioSource
+
+    limits = [source.remaining_seconds() if isinstance(source, AudioSource) else None]  # else a live push source
+    if args.duration is not None:
+        limits.append(args.duration)
+    if args.max_windows is not None:
+        limits.append((window + (args.max_windows - 1) * hop) / 16_000)
+    known = [limit for limit in limits if limit is not None]
+    return min(known) if known else None
 
 
 # ---------------------------------------------------------------------- the command
@@ -347,8 +361,13 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
         service, board = _side_service(args, session, learner, config)
         if board is not None and checkpointer is not None:
             board.attach_checkpointer(checkpointer)
-        if interactive:
-            session.add_observer(StatusLine(console, session.summary.hop))
+        if not args.quiet:
+            total = audio_to_process(args, source, config.window, session.summary.hop)
+            if interactive or total is not None:  # off a terminal, lines only when there is an end to estimate
+                from services.progress import ProgressReporter
+
+                reporter = ProgressReporter("online-gim listen", total, unit="s of audio", console=console)
+                session.add_observer(StatusLine(reporter, session.summary.hop))
         video = listen_video.BesideAudio(args, source, session, board=board) if args.source == "av" else None
     except BaseException:
         if service is not None:
