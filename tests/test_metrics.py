@@ -198,3 +198,11 @@ def test_the_exposition_passes_promtool_check_metrics():
     assert b"online_gim_embedding_drift_mmd" in text and b"online_gim_checkpoints_written_total" in text
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=60)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+def test_the_docs_list_every_metric_with_its_type():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "service.md").read_text()
+    documented = dict(re.findall(r"^\| `(online_gim_[a-z_]+)` \| (\w+) \|", text, re.M))
+    assert documented == {name: help.split(":")[0] for name, help in METRIC_HELP.items()}
