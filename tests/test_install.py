@@ -27,8 +27,8 @@ from online_gim.config import preset_names
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT.parent / "shared" / "data" / "librispeech-mini"
 TOP_LEVEL = ("online_gim", "streams", "services")
-DATA_PACKAGES = {"online_gim.presets": "configs", "services.static": "services/static"}
-"""Packages that are folders of data files (not found by looking for ``__init__.py`` below the top level)."""
+DATA_PACKAGES = {"online_gim.presets", "services.static"}
+"""Packages of data files: ``configs/`` (mapped in ``pyproject.toml``) and the dashboard's ``services/static/``."""
 
 
 def listed_packages() -> set[str]:
@@ -42,7 +42,7 @@ def test_pyproject_lists_every_package_of_the_source_tree():
         for top in TOP_LEVEL
         for init in (ROOT / top).rglob("__init__.py")
     }
-    assert listed_packages() == found | set(DATA_PACKAGES)
+    assert listed_packages() == found | DATA_PACKAGES
 
 
 def test_presets_are_found_through_the_package():
