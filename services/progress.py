@@ -95,7 +95,8 @@ class ProgressReporter:
 
     def close(self, *, finished: bool = True) -> None:
         """Ends the display: the bar's last state stays on a terminal; off a terminal, a last line
-        with the time it took when the work ``finished`` (none when it failed: its error says why)."""
+        with the time it took when the work ``finished`` (none when it failed: its error says why;
+        "stopped after" when it ended short of its total, e.g. interrupted)."""
         with self._lock:
             if self._closed:
                 return
@@ -130,7 +131,8 @@ class ProgressReporter:
             parts[0] += f" ({task.percentage:.0f}%)"
         elapsed = _duration(task.elapsed or 0.0)
         if final:
-            parts.append(f"done in {elapsed}")
+            stopped_early = task.total is not None and task.completed < task.total
+            parts.append(f"stopped after {elapsed}" if stopped_early else f"done in {elapsed}")
         else:
             parts.append(f"{elapsed} elapsed")
             if task.total is not None and task.time_remaining is not None:

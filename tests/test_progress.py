@@ -71,6 +71,16 @@ def test_on_a_terminal_a_bar_with_counts_and_status():
     assert "elapsed" in drawn and "done in" not in drawn  # the bar stays; no plain line
 
 
+def test_work_that_ends_short_of_its_total_says_so():
+    console, out = plain()
+    clock = Clock()
+    progress = ProgressReporter("listen", total=100.0, unit="s of audio", console=console, clock=clock)
+    clock.now = 30.0
+    progress.update(12.8)
+    progress.close()  # e.g. Ctrl-C: the run stops cleanly before its end
+    assert out.getvalue().splitlines()[-1] == "listen: 12.8/100 s of audio (13%), stopped after 0:00:30"
+
+
 def test_the_total_may_be_told_with_the_progress():
     console, _ = plain()
     progress = ProgressReporter("work", console=console)

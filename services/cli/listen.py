@@ -242,18 +242,24 @@ class StatusLine:
 
 
 def audio_to_process(args: argparse.Namespace, source, window: int, hop: int) -> float | None:
-    """Seconds of audio this run will process when it ends by itself: the least of ``--duration``,
-    the span of ``--max-windows`` windows and what a one-pass replay or file holds; ``None`` for an
-    endless stream (a microphone, a looping replay) without either option."""
+    """Seconds of audio the windows of this run will span when it ends by itself: the least of
+    ``--duration``, ``--max-windows`` and what a one-pass replay or file holds (less the remainder
+    shorter than a window); ``None`` for an endless stream (a microphone, a looping replay) without
+    either option."""
     from streams.sources.base import AudioSource
 
-    limits = [source.remaining_seconds() if isinstance(source, AudioSource) else None]  # else a live push source
-    if args.duration is not None:
-        limits.append(args.duration)
+    def windows_span(windows: int) -> float:
+        return (window + (windows - 1) * hop) / 16_000 if windows > 0 else 0.0
+
+    def span_of(seconds: float) -> float:
+        samples = round(seconds * 16_000)
+        return windows_span((samples - window) // hop + 1 if samples >= window else 0)
+
+    remaining = source.remaining_seconds() if isinstance(source, AudioSource) else None  # else a live push source
+    limits = [span_of(seconds) for seconds in (remaining, args.duration) if seconds is not None]
     if args.max_windows is not None:
-        limits.append((window + (args.max_windows - 1) * hop) / 16_000)
-    known = [limit for limit in limits if limit is not None]
-    return min(known) if known else None
+        limits.append(windows_span(args.max_windows))
+    return min(limits) if limits else None
 
 
 # ---------------------------------------------------------------------- the command
