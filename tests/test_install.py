@@ -121,6 +121,7 @@ def test_pip_install_dot_gives_an_installed_package_with_its_presets(tmp_path, d
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # about 6 min on the shared 2-core machine under load, mostly `eval`
 @pytest.mark.skipif(not MINI.is_dir(), reason=f"shared LibriSpeech mini not found at {MINI}")
 def test_a_built_wheel_in_a_fresh_venv_listens_evaluates_and_benchmarks(tmp_path, dependencies, synth_corpus_dir, small_config):
     source = source_copy(tmp_path / "src")
