@@ -6,8 +6,8 @@
 #   docker run --rm -it -p 8000:8000 -e ONLINE_GIM_TOKEN online-gim
 #
 # The steps are the README's "Installation by hand": the Debian runtime packages, a venv,
-# `pip install -e .`. Serving on 0.0.0.0 needs a token (ONLINE_GIM_TOKEN or --token): without one,
-# `listen` refuses to start.
+# `pip install .`. Serving on 0.0.0.0 needs a token (ONLINE_GIM_TOKEN or --token): without one,
+# `listen` refuses to start. deploy/docker-compose.yml runs it with Prometheus and Grafana.
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -20,14 +20,13 @@ WORKDIR /app
 COPY scripts/install-system-deps.sh scripts/
 RUN scripts/install-system-deps.sh --runtime && rm -rf /var/lib/apt/lists/*
 
-# The project, editable as in the README (`online-gim eval` reads its presets from /app/configs).
-# The pip cache mount only keeps downloaded wheels between builds.
+# The project, installed as a package (the presets are its package data). The pip cache mount
+# only keeps downloaded wheels between builds.
 COPY . .
 RUN --mount=type=cache,target=/root/.cache/pip \
     python3 -m venv .venv \
     && .venv/bin/python -m pip install -q --upgrade pip \
-    && .venv/bin/python -m pip install -q -e . \
-    && .venv/bin/python -m compileall -q online_gim streams services
+    && .venv/bin/python -m pip install -q .
 
 # The default synthetic corpus (what `listen` generates on first use), made once here
 RUN .venv/bin/python -c "from streams.corpora.synth import default_corpus; print(default_corpus())"

@@ -1,11 +1,14 @@
 """Typed configuration of the online learner, loadable from the YAML presets in ``configs/``.
 
 Every field has the default of the shipped configuration (``configs/clapp_eprop.yaml``). Units:
-samples are at 16 kHz; frames are the output steps of a module.
+samples are at 16 kHz; frames are the output steps of a module. The presets are installed with the
+package (``configs/`` is the package ``online_gim.presets``): :func:`preset_names`,
+:func:`load_preset`.
 """
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -228,3 +231,36 @@ def load_config(path: str | Path) -> LearnerConfig:
     if not isinstance(data, dict):
         raise ValueError(f"config {path} must be a mapping of fields, not {type(data).__name__}")
     return LearnerConfig.model_validate(data)
+
+
+PRESETS_PACKAGE = "online_gim.presets"
+"""The package whose data files are the presets (the repository's ``configs/``, see ``pyproject.toml``)."""
+
+
+def presets_dir() -> Path:
+    """The folder of the shipped presets (``configs/`` of a checkout, ``online_gim/presets`` of an install).
+
+    Raises:
+        RuntimeError: the package is not on the file system (e.g. imported from a zip file).
+    """
+    root = resources.files(PRESETS_PACKAGE)
+    if not isinstance(root, Path):
+        raise RuntimeError(f"the presets of {PRESETS_PACKAGE} are not files on disk ({root!r})")
+    return root
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped presets (file names without ``.yaml``), sorted."""
+    return sorted(path.stem for path in presets_dir().glob("*.yaml"))
+
+
+def load_preset(name: str) -> LearnerConfig:
+    """The shipped preset ``name`` (e.g. ``"clapp_eprop"``, see :func:`preset_names`).
+
+    Raises:
+        ValueError: no preset of that name.
+    """
+    path = presets_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"no preset named {name!r} (shipped: {', '.join(preset_names())})")
+    return load_config(path)

@@ -12,6 +12,7 @@ Usage (what ``online-gim listen`` does)::
     board = LiveBoard(source="synth", config=config.model_dump(), phone_names=PHONES)
     board.attach_learner(learner)          # optional: probes, FAISS neighbours, weight drift
     board.attach_buffer(buffer)            # optional: ring-buffer fill ratio
+    board.attach_checkpointer(checkpointer)  # optional (--state): checkpoint metrics
     service = serve_in_thread(board, "127.0.0.1", 8000, token=None)   # services.http
     board.set_source_state(open=True)
     for window in buffer:
@@ -93,6 +94,7 @@ class LiveBoard:
         self.started_at = time.time()
         self._learner: Any = None
         self._buffer: Any = None
+        self._checkpointer: Any = None
         self._drift_config = drift or DriftConfig()
         self._drift_reading: DriftReading | None = None
         self._drift = DriftMonitor(self._drift_config, self._on_drift)
@@ -137,6 +139,13 @@ class LiveBoard:
         """Read the ring buffer's ``fill_ratio`` (0..1) after every step."""
         self._buffer = buffer
 
+    def attach_checkpointer(self, checkpointer: Any) -> None:
+        """Export the checkpoint metrics of a run with a state directory: read the
+        :class:`~online_gim.state.checkpointer.PeriodicCheckpointer`'s ``written``, ``failed`` and
+        ``last_saved_at`` after every step."""
+        self._checkpointer = checkpointer
+        self.metrics.enable_checkpoints()
+
     def set_source_state(self, *, open: bool) -> None:
         """Tell the board whether the source is open (``/readyz``); after the first step it is
         taken as open until told otherwise or closed."""
@@ -179,6 +188,11 @@ class LiveBoard:
         lag = max(0.0, counters.source_seconds - window_end / SAMPLE_RATE)
         fill = _fill_ratio(self._buffer)
         self.metrics.observe_step(report, counters, fill_ratio=fill, lag_seconds=lag)
+        checkpointer = self._checkpointer
+        if checkpointer is not None:
+            self.metrics.observe_checkpoints(
+                written=checkpointer.written, failed=checkpointer.failed, last_saved_at=checkpointer.last_saved_at
+            )
 
         learner = self._learner
         probes = learner_view.probe_readout(learner, report)

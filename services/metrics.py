@@ -129,6 +129,7 @@ class ServiceMetrics:
         # the service itself
         self.stream_clients = gauge("service_stream_clients", "Clients connected to the /v1/stream event stream.")
         self._last_counters = StreamCounters()
+        self._checkpoints: _CheckpointMetrics | None = None
 
     # -- learner's thread -------------------------------------------------------------------
 
@@ -198,6 +199,17 @@ class ServiceMetrics:
         for module, size in sizes.items():
             self.memory_size.labels(str(module)).set(size)
 
+    def enable_checkpoints(self) -> None:
+        """Registers the checkpoint metrics: only a run that keeps a state directory has them (so
+        that an alert on the age of the newest checkpoint never fires for a run without one)."""
+        if self._checkpoints is None:
+            self._checkpoints = _CheckpointMetrics(self.registry)
+
+    def observe_checkpoints(self, *, written: int, failed: int, last_saved_at: float | None) -> None:
+        """Record the checkpointer's running totals (registers the checkpoint metrics if needed)."""
+        self.enable_checkpoints()
+        self._checkpoints.observe(written, failed, last_saved_at)
+
     # -- drift monitor's thread -------------------------------------------------------------
 
     def observe_drift(self, reading) -> None:  # services.drift_monitor.DriftReading
@@ -222,6 +234,35 @@ class ServiceMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+class _CheckpointMetrics:
+    """The checkpoint metrics of a run with a state directory (``listen --state``)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.written = Counter(PREFIX + "checkpoints_written", "Checkpoints this run wrote to its state directory.", registry=registry)
+        self.failed = Counter(
+            PREFIX + "checkpoint_failures", "Checkpoints that could not be written (disk full, ...); the previous ones are kept.",
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            PREFIX + "checkpoint_last_success_timestamp_seconds",
+            "Unix time of the newest checkpoint in the state directory (the one resumed from until this run writes one); "
+            "NaN before any.",
+            registry=registry,
+        )
+        self.last_success.set(math.nan)
+        self._written = 0
+        self._failed = 0
+
+    def observe(self, written: int, failed: int, last_saved_at: float | None) -> None:
+        if written > self._written:
+            self.written.inc(written - self._written)
+            self._written = written
+        if failed > self._failed:
+            self.failed.inc(failed - self._failed)
+            self._failed = failed
+        _set(self.last_success, last_saved_at)
+
+
 def _set(gauge: Gauge, value: float | None) -> None:
     """Set a gauge to a finite value; leave it unchanged for ``None``/NaN/inf (not measured)."""
     if value is not None and math.isfinite(value):
@@ -238,7 +279,9 @@ METRIC_HELP: dict[str, str] = {}
 
 
 def _collect_help() -> None:
-    for family in ServiceMetrics().registry.collect():
+    metrics = ServiceMetrics()
+    metrics.enable_checkpoints()
+    for family in metrics.registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")
         METRIC_HELP[name] = f"{family.type}: {family.documentation}"
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -259,6 +261,8 @@ def test_a_failed_save_keeps_the_previous_checkpoints_and_listening_goes_on(tmp_
     checkpointer = Checkpointer(store, learner, source=None, hop=2560, totals=ListenTotals(), every_windows=1)
     window = windows(1, start=2)[0]
     checkpointer.on_step(window, None, None)
+    saved_at = checkpointer.last_saved_at
+    assert checkpointer.failed == 0 and saved_at is not None and abs(saved_at - time.time()) < 600
     before = sorted(p.name for p in tmp_path.iterdir())
 
     def disk_full(path, data):
@@ -268,10 +272,24 @@ def test_a_failed_save_keeps_the_previous_checkpoints_and_listening_goes_on(tmp_
     with caplog.at_level(logging.ERROR):
         checkpointer.on_step(window, None, None)
     assert "No space left on device" in caplog.text
-    assert checkpointer.written == 1
+    assert checkpointer.written == 1 and checkpointer.failed == 1 and checkpointer.last_saved_at == saved_at
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert store.verify() == []
     checkpointer.close()
+
+
+def test_a_resumed_run_reports_the_time_of_the_checkpoint_it_resumed_from(tmp_path):
+    learner = trained_learner(1)
+    with CheckpointStore(tmp_path) as store:
+        entry = store.save({"learner": learner.state_dict(), "stream": {"next_sample": 2560, "source_id": "s"},
+                            "listen": {}})
+    state = ListenState(tmp_path)
+    try:
+        checkpointer = state.checkpointer(learner, source=None, hop=2560)
+        assert checkpointer.written == 0
+        assert checkpointer.last_saved_at == datetime.fromisoformat(entry.written_at).timestamp()
+    finally:
+        state.close()
 
 
 def test_checkpointer_saves_every_n_windows_every_t_seconds_and_at_close(tmp_path):
@@ -366,7 +384,7 @@ def test_listen_refuses_a_state_of_another_config_and_leaves_it_untouched(tmp_pa
 @needs_audio
 @pytest.mark.slow
 def test_export_and_embed_reproduce_the_learner_features(tmp_path, fault_config, capsys):
-    from services.cli.state import _decode
+    from online_gim.audio_files import decode_file
 
     state, model, features = tmp_path / "s", tmp_path / "model.pt", tmp_path / "features"
     assert main(listen_args(state, fault_config, "--max-windows", "6")) == 0
@@ -380,7 +398,7 @@ def test_export_and_embed_reproduce_the_learner_features(tmp_path, fault_config,
     learner.load_state_dict(newest_state(state)["learner"])
     for path in files:
         written = np.load(features / f"{path.stem}.npy")
-        expected = learner.embed(_decode(path))[2].numpy()
+        expected = learner.embed(decode_file(path))[2].numpy()
         assert written.dtype == np.float32 and written.shape == expected.shape
         np.testing.assert_array_equal(written, expected)
     assert Encoder.load(model).num_modules == 6

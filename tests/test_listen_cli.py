@@ -89,6 +89,36 @@ def test_duration_and_max_windows_stop_exactly(small_config, tmp_path):
     assert (m["stop_reason"], m["windows_processed"], m["hop"]) == ("max_windows", 3, 10240)
 
 
+def test_a_run_with_an_end_shows_its_progress(small_config):
+    """Off a terminal: a line every few seconds and a last one (window 20480 + 2 hops of 10240 = 2.56 s)."""
+    result = subprocess.run(
+        [*LISTEN, "--no-http", "--source", "librispeech", "--root", str(AUDIO), "--speed", "max",
+         "--config", str(small_config), "--max-windows", "3", "--hop", "10240"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    progress = [line for line in result.stderr.splitlines() if line.startswith("online-gim listen: ")]
+    assert progress and progress[-1].startswith("online-gim listen: 2.6/2.6 s of audio (100%), done in "), result.stderr
+    assert "win 3" in progress[-1]
+
+
+def test_the_audio_to_process_is_the_least_known_end():
+    import argparse
+
+    from services.cli.listen import audio_to_process
+    from streams.sources.librispeech import LibriSpeechReplay
+
+    def total(source, duration=None, max_windows=None, hop=WINDOW):
+        return audio_to_process(argparse.Namespace(duration=duration, max_windows=max_windows), source, WINDOW, hop)
+
+    one_pass = LibriSpeechReplay(AUDIO, speed=None)  # what its windows span: the remainder is left out
+    assert total(one_pass) == len(replay_audio()) // WINDOW * WINDOW / 16_000
+    assert total(one_pass, duration=10) == 7 * WINDOW / 16_000  # 160000 samples hold 7 windows
+    assert total(one_pass, duration=10, max_windows=3, hop=10240) == pytest.approx(2.56)
+    looping = LibriSpeechReplay(AUDIO, speed=None, loop=True)
+    assert total(looping) is None and total(looping, max_windows=2) == pytest.approx(2.56)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_ends_cleanly_with_a_summary(small_config, tmp_path, signum):
     summary_path, heard = tmp_path / "summary.json", tmp_path / "heard.wav"

@@ -341,8 +341,9 @@ def test_cli_writes_a_corpus_and_refuses_a_non_empty_folder(tmp_path, capsys):
 
     out = tmp_path / "corpus"
     assert main(["corpus", "synth", "--out", str(out), "--speakers", "2", "--utterances", "2", "--seed", "1"]) == 0
-    printed = capsys.readouterr().out
-    assert "4 utterances" in printed and "2 speakers" in printed and "phone classes" in printed
+    printed = capsys.readouterr()
+    assert "4 utterances" in printed.out and "2 speakers" in printed.out and "phone classes" in printed.out
+    assert "online-gim corpus synth: synthesising: 4/4 utterances (100%), done in " in printed.err  # the progress
     assert len(list(out.glob("*/*/*.flac"))) == 4
     assert main(["corpus", "synth", "--out", str(out), "--speakers", "2", "--utterances", "2"]) == 2
     error = capsys.readouterr().err

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from online_gim.config import LearnerConfig, load_config
+from online_gim.config import LearnerConfig, load_config, presets_dir
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs"
-"""The repository's ``configs/`` folder of YAML presets."""
+PRESETS_DIR = presets_dir()
+"""The shipped YAML presets: ``configs/`` of a checkout, the package data of an install."""
 
 FEATURE_METHODS = ("mfcc",)
 """Methods that are fixed feature extractors, not learners."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -37,6 +38,9 @@ class PeriodicCheckpointer:
 
     Attributes:
         written: checkpoints written by this run.
+        failed: saves of this run that failed (nothing written).
+        last_saved_at: wall time (Unix seconds) of the newest checkpoint in the directory, the one
+            resumed from until this run writes one; ``None`` before any.
     """
 
     def __init__(
@@ -60,6 +64,8 @@ class PeriodicCheckpointer:
         self._last_save = clock()
         self._unsaved = 0
         self.written = 0
+        self.failed = 0
+        self.last_saved_at: float | None = None
 
     def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """The state tree to save and the manifest's ``info`` for it; ``None`` before the first window."""
@@ -82,8 +88,10 @@ class PeriodicCheckpointer:
             self.store.save(*snapshot)
         except OSError as error:
             log.error("checkpoint not written to %s (%s); the previous ones are kept", self.store.directory, error)
+            self.failed += 1
             return
         self.written += 1
+        self.last_saved_at = time.time()
         self._unsaved = 0
         self._last_save = self._clock()
 
@@ -187,6 +195,8 @@ class RunState:
         self._checkpointer = self.checkpointer_type(
             self.store, learner, totals=self.totals, every_windows=every_windows, every_seconds=every_seconds, **stream
         )
+        if self.checkpoint is not None:
+            self._checkpointer.last_saved_at = _unix_seconds(self.checkpoint.entry.written_at)
         return self._checkpointer
 
     def summary_fields(self) -> dict[str, int]:
@@ -204,3 +214,12 @@ class RunState:
             self._checkpointer.close()
         else:
             self.store.close()
+
+
+def _unix_seconds(iso_time: str) -> float | None:
+    """Unix seconds of an ISO 8601 time with its zone (a manifest's ``written_at``); ``None`` if unreadable."""
+    try:
+        moment = datetime.fromisoformat(iso_time)
+    except (TypeError, ValueError):
+        return None
+    return moment.timestamp() if moment.tzinfo is not None else None

@@ -60,13 +60,16 @@ def run_synth(args: argparse.Namespace) -> int:
             raise CliError(f"{out} is not empty; choose another --out or pass --overwrite to replace it")
         shutil.rmtree(out)
 
+    from services.progress import ProgressReporter
     from streams.corpora import espeak
     from streams.corpora.synth import synthesize_corpus
 
     try:
-        corpus = synthesize_corpus(
-            out, speakers=args.speakers, utterances_per_speaker=args.utterances, seed=args.seed, workers=args.workers
-        )
+        with ProgressReporter("online-gim corpus synth: synthesising", unit="utterances") as progress:
+            corpus = synthesize_corpus(
+                out, speakers=args.speakers, utterances_per_speaker=args.utterances, seed=args.seed,
+                workers=args.workers, progress=progress,
+            )
     except espeak.EspeakNotAvailable:
         raise CliError(f"espeak-ng is not installed; install it with `{espeak.INSTALL_HINT}`") from None
     except OSError as error:

@@ -213,41 +213,61 @@ def _phone_names(args: argparse.Namespace):
 
 
 class StatusLine:
-    """A :class:`~services.session.StepObserver` that keeps one status line on the terminal (rich):
-    source time, windows, drops, real-time factor, module updates and per-module loss."""
+    """A :class:`~services.session.StepObserver` that shows the run's progress through a
+    :class:`~services.progress.ProgressReporter` (seconds of audio processed), with a status: source
+    time, windows, drops, real-time factor, module updates and per-module loss. With the audio the
+    run will process known (:func:`audio_to_process`), a bar and the time left on a terminal, a
+    plain line every few seconds otherwise; without, the status alone."""
 
-    def __init__(self, console, hop: int) -> None:
-        from rich.live import Live
-
+    def __init__(self, reporter, hop: int) -> None:
+        self._reporter = reporter
         self._hop_seconds = hop / 16_000
         self._compute = 0.0
         self._windows = 0
         self._slots = 0
         self._updates = 0
-        self._live = Live(console=console, refresh_per_second=4, transient=True)
-        self._live.start()
+        self._first_sample: int | None = None
 
     def on_step(self, window, report, counters) -> None:
-        from rich.text import Text
-
         self._windows += 1
         self._compute += report.seconds
         self._slots += len(report.modules)
         self._updates += sum(m.updated for m in report.modules)
+        if self._first_sample is None:
+            self._first_sample = window.start_sample
+        processed = (window.start_sample + int(window.samples.shape[-1]) - self._first_sample) / 16_000
         rtf = self._compute / (self._windows * self._hop_seconds)
         losses = " ".join("-" if not math.isfinite(m.loss) else f"{m.loss:.2f}" for m in report.modules)
         share = self._updates / self._slots if self._slots else 1.0
-        self._live.update(
-            Text(
-                f"t={counters.source_seconds:.1f}s  win {self._windows}  drop {counters.samples_dropped / 16000:.1f}s"
-                f"  rtf {rtf:.2f}  upd {share:.0%}  loss {losses}",
-                no_wrap=True,
-                overflow="ellipsis",
-            )
+        self._reporter.update(
+            processed,
+            status=f"t={counters.source_seconds:.1f}s  win {self._windows}  drop {counters.samples_dropped / 16000:.1f}s"
+            f"  rtf {rtf:.2f}  upd {share:.0%}  loss {losses}",
         )
 
     def close(self) -> None:
-        self._live.stop()
+        self._reporter.close()
+
+
+def audio_to_process(args: argparse.Namespace, source, window: int, hop: int) -> float | None:
+    """Seconds of audio the windows of this run will span when it ends by itself: the least of
+    ``--duration``, ``--max-windows`` and what a one-pass replay or file holds (less the remainder
+    shorter than a window); ``None`` for an endless stream (a microphone, a looping replay) without
+    either option."""
+    from streams.sources.base import AudioSource
+
+    def windows_span(windows: int) -> float:
+        return (window + (windows - 1) * hop) / 16_000 if windows > 0 else 0.0
+
+    def span_of(seconds: float) -> float:
+        samples = round(seconds * 16_000)
+        return windows_span((samples - window) // hop + 1 if samples >= window else 0)
+
+    remaining = source.remaining_seconds() if isinstance(source, AudioSource) else None  # else a live push source
+    limits = [span_of(seconds) for seconds in (remaining, args.duration) if seconds is not None]
+    if args.max_windows is not None:
+        limits.append(windows_span(args.max_windows))
+    return min(limits) if limits else None
 
 
 # ---------------------------------------------------------------------- the command
@@ -350,13 +370,22 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
             auto_schedule=schedule == "auto", max_seconds=args.duration, max_windows=args.max_windows,
             schedule_name=schedule, origin=state.origin if state is not None else 0, replay=replay,
         )
+        checkpointer = None
         if state is not None:
-            session.add_observer(state_options.checkpointer(args, state, learner, source=source, hop=session.summary.hop))
+            checkpointer = state_options.checkpointer(args, state, learner, source=source, hop=session.summary.hop)
+            session.add_observer(checkpointer)
         if args.record is not None:
             session.add_observer(_recorder(args.record))
         service, board = _side_service(args, session, learner, config)
-        if interactive:
-            session.add_observer(StatusLine(console, session.summary.hop))
+        if board is not None and checkpointer is not None:
+            board.attach_checkpointer(checkpointer)
+        if not args.quiet:
+            total = audio_to_process(args, source, config.window, session.summary.hop)
+            if interactive or total is not None:  # off a terminal, lines only when there is an end to estimate
+                from services.progress import ProgressReporter
+
+                reporter = ProgressReporter("online-gim listen", total, unit="s of audio", console=console)
+                session.add_observer(StatusLine(reporter, session.summary.hop))
         video = listen_video.BesideAudio(args, source, session, board=board) if args.source == "av" else None
     except BaseException:
         if service is not None:

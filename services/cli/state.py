@@ -155,6 +155,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from online_gim.audio_files import embed_file
     from online_gim.state.export import Encoder, EncoderFileError
 
     outputs = [(args.out_dir or path.parent) / f"{path.stem}.npy" for path in args.files]
@@ -172,22 +173,11 @@ def run_embed(args: argparse.Namespace) -> int:
     failed = 0
     for path, out in zip(args.files, outputs):
         try:
-            features = encoder.embed(_decode(path))[module]
-            np.save(out, features.numpy().astype(np.float32, copy=False))
+            features = embed_file(encoder, path, module)
+            np.save(out, features)
         except (OSError, ValueError) as error:  # missing, undecodable, non-finite, too short, unwritable
             print(f"online-gim embed: error: {path}: {error}", file=sys.stderr)
             failed += 1
             continue
         print(f"{out}: {features.shape[0]} frames x {features.shape[1]} (module {module})")
     return 1 if failed else 0
-
-
-def _decode(path: Path):
-    """The whole file as ``(n,)`` float32 samples at 16 kHz mono (the stream's own file decoder)."""
-    import numpy as np
-    import torch
-
-    from streams.sources.file import FileSource
-
-    chunks = [chunk.samples for chunk in FileSource(path, speed=None)]
-    return torch.from_numpy(np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32))

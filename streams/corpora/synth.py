@@ -56,6 +56,7 @@ import numpy as np
 
 from streams.corpora import espeak
 from streams.corpora.phones import NUM_PHONES, PHONES, SILENCE, PhoneMapper
+from streams.progress import ProgressCallback
 
 SAMPLE_RATE = 16_000
 FRAME_SAMPLES = 160
@@ -490,6 +491,7 @@ def synthesize_corpus(
     seed: int = DEFAULT_SEED,
     workers: int | None = None,
     test_fraction: float = 0.2,
+    progress: ProgressCallback | None = None,
 ) -> SynthCorpus:
     """Write a labelled synthetic corpus into ``out_dir`` (created; existing files are overwritten).
 
@@ -501,6 +503,7 @@ def synthesize_corpus(
         seed: everything random derives from it; same seed -> byte-identical files.
         workers: parallel synthesis processes (default: CPU count, at most 8); no effect on output.
         test_fraction: share of each speaker's utterances in ``test_split.txt`` (at least one).
+        progress: called with ``(utterances written, utterances in all)`` as they are written.
 
     Raises:
         espeak.EspeakNotAvailable: espeak-ng is not installed.
@@ -530,8 +533,12 @@ def synthesize_corpus(
         return text, path, len(pcm), labels
 
     try:
+        results = []
         with ThreadPoolExecutor(max_workers=len(generator.pool)) as executor:
-            results = list(executor.map(make, plans))
+            for result in executor.map(make, plans):
+                results.append(result)
+                if progress is not None:
+                    progress(len(results), len(plans))
     finally:
         generator.close()
 

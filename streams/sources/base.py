@@ -45,6 +45,11 @@ class AudioSource(ABC):
         """Files or utterances that could not be decoded and were skipped."""
         return 0
 
+    def remaining_seconds(self) -> float | None:
+        """Seconds of audio an iteration from the start position delivers before the source ends by
+        itself; ``None`` when it never ends (live, looping) or cannot tell."""
+        return None
+
     def close(self) -> None:
         """Releases files and devices; iteration stops. Idempotent."""
 

@@ -118,6 +118,10 @@ class FileSource(AudioSource):
             raise AudioFileError(f"{self.location!r} has {what}")
         return container
 
+    def remaining_seconds(self) -> float | None:
+        """The file's duration as its container states it (``None`` when looping or not stated)."""
+        return None if self.loop else self.duration_seconds
+
     def __iter__(self) -> Iterator[AudioChunk]:
         while not self._closed:
             played = 0

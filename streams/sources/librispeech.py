@@ -48,6 +48,7 @@ import numpy as np
 from streams.chunk import AudioChunk
 from streams.corpora.librispeech import LibriSpeechCorpus, Utterance, load_audio
 from streams.sources.base import DEFAULT_CHUNK_SAMPLES, AudioSource
+from streams.window import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,15 @@ class LibriSpeechReplay(AudioSource):
     def files_skipped(self) -> int:
         return self._files_skipped
 
+    def remaining_seconds(self) -> float | None:
+        """Seconds of audio from the start position to the end of its pass (``None`` when
+        looping), from the files' headers; an unreadable file counts 0 (the replay skips it)."""
+        if self.loop:
+            return None
+        start = self._start
+        utterances = self.order_of(start.loop)[start.index:]
+        return max(0.0, sum(_audio_seconds(u.path) for u in utterances) - start.offset / SAMPLE_RATE)
+
     # ----------------------------------------------------------------- stream
     def __iter__(self) -> Iterator[AudioChunk]:
         position = self._start
@@ -234,3 +244,12 @@ class LibriSpeechReplay(AudioSource):
     def close(self) -> None:
         self._closed = True
 
+
+def _audio_seconds(path: Path) -> float:
+    """The duration a file's header states (soundfile); 0 when it cannot be read."""
+    import soundfile
+
+    try:
+        return float(soundfile.info(str(path)).duration)
+    except (RuntimeError, OSError):  # soundfile's LibsndfileError is a RuntimeError
+        return 0.0
