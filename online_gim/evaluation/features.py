@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from online_gim.evaluation.progress import Progress
 from online_gim.evaluation.split import Segment
 from online_gim.learner import OnlineLearner
 from online_gim.probes import frame_grids, to_label_frames
 from streams.chunk import frame_labels_of
+from streams.progress import ProgressCallback
 from streams.window import FRAME_SAMPLES, SAMPLE_RATE
 
 Encoder = Callable[[np.ndarray], list[torch.Tensor]]
@@ -155,24 +155,26 @@ def split_labels(segments: Sequence[Segment], *, speakers: Sequence[str], max_fr
     )
 
 
-def extract_features(labels: SplitLabels, encode: Encoder, *, progress: Progress | None = None) -> SplitFeatures:
+def extract_features(labels: SplitLabels, encode: Encoder, *, progress: ProgressCallback | None = None) -> SplitFeatures:
     """Encodes every segment of a split and keeps the frames ``labels`` chose.
 
     Args:
         labels: the split's frames and labels (:func:`split_labels`).
         encode: the encoder.
-        progress: advanced by each segment's seconds of audio.
+        progress: told the seconds of audio encoded so far (of ``labels.seconds``).
     """
     kept: list[list[torch.Tensor]] = []
     means: list[list[torch.Tensor]] = []
+    encoded = 0.0
     for segment, keep in zip(labels.segments, labels.keep):
         audio = segment.load()
         features = encode(audio)
         mask = torch.from_numpy(keep)
         kept.append([f[mask] for f in features])
         means.append([f.mean(dim=0) for f in features])
+        encoded += audio.shape[0] / SAMPLE_RATE
         if progress is not None:
-            progress.advance(audio.shape[0] / SAMPLE_RATE)
+            progress(encoded, labels.seconds)
     return SplitFeatures(
         frames=tuple(torch.cat(module) for module in zip(*kept)),
         utterance_means=tuple(torch.stack(module) for module in zip(*means)),

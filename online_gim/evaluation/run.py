@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -14,14 +15,27 @@ from online_gim.evaluation.cache import ResultCache, label_fingerprint, segments
 from online_gim.evaluation.features import Encoder, SplitFeatures, extract_features, learner_encoder, mfcc_encoder, split_labels
 from online_gim.evaluation.markdown import percent
 from online_gim.evaluation.methods import Method
-from online_gim.evaluation.progress import Log, Progress
 from online_gim.evaluation.results import Accuracies, CurvePoint, EvaluationReport, MethodResult, ModuleAccuracy
 from online_gim.evaluation.scoring import class_accuracies, majority_accuracies, score_modules
 from online_gim.evaluation.split import CorpusSplit, Segment, split_corpus
 from online_gim.evaluation.training import TrainingRun, train_online
 from online_gim.learner import OnlineLearner
 from streams.corpora.librispeech import LibriSpeechCorpus
+from streams.progress import ProgressCallback
 from streams.replay_config import ReplayConfig
+
+Log = Callable[[str], None]
+"""Receives one line of results at a time."""
+
+StageProgress = Callable[[str, float, str], AbstractContextManager[ProgressCallback]]
+"""Opens the progress display of one stage, ``(description, total, unit)``; the context manager
+gives the :class:`~streams.progress.ProgressCallback` the stage reports to, and closes the display."""
+
+
+def no_progress(description: str, total: float, unit: str) -> AbstractContextManager[ProgressCallback]:
+    """A :data:`StageProgress` that shows nothing."""
+    return nullcontext(lambda done, total: None)
+
 
 PHONE_NAMES_FILE = "phones.txt"
 """Optional file of the label folder: one phone name per line, by class index."""
@@ -67,7 +81,8 @@ class Evaluation:
         corpus: the corpus whose split the probes are fitted and scored on (with its label folder,
             if any).
         settings: budget, seed and measurement settings.
-        log: receives progress lines (default: discarded).
+        log: receives a line with each method's results (default: discarded).
+        progress: shows each stage's progress (training, encoding a split) with the time left.
         train_corpus: the learners learn from this corpus' audio (all of it) instead of the
             probe corpus' train split: a transfer evaluation.
         cache: where baseline results are kept (``None``: no cache).
@@ -79,12 +94,14 @@ class Evaluation:
         settings: EvaluationSettings,
         *,
         log: Log | None = None,
+        progress: StageProgress = no_progress,
         train_corpus: LibriSpeechCorpus | None = None,
         cache: ResultCache | None = None,
     ) -> None:
         self.corpus = corpus
         self.settings = settings
         self.log = log or (lambda line: None)
+        self.progress = progress
         self.train_corpus = train_corpus
         self.cache = cache
         self.split: CorpusSplit = split_corpus(corpus, seed=settings.seed)
@@ -100,13 +117,11 @@ class Evaluation:
 
     def features(self, encode: Encoder, name: str) -> tuple[SplitFeatures, SplitFeatures]:
         """Train and test features of an encoder (:mod:`online_gim.evaluation.features`)."""
-        return tuple(  # type: ignore[return-value]
-            extract_features(labels, encode, progress=self._progress(f"{name}: encoding the {split} split", labels.seconds))
-            for split, labels in (("train", self.train_labels), ("test", self.test_labels))
-        )
-
-    def _progress(self, stage: str, seconds: float) -> Progress:
-        return Progress(stage, total=seconds, unit="s of audio", log=self.log)
+        features = []
+        for split, labels in (("train", self.train_labels), ("test", self.test_labels)):
+            with self.progress(f"{name}: encoding the {split} split", labels.seconds, "s of audio") as progress:
+                features.append(extract_features(labels, encode, progress=progress))
+        return features[0], features[1]
 
     def run(self, methods: Sequence[Method]) -> EvaluationReport:
         torch.manual_seed(self.settings.seed)
@@ -144,12 +159,12 @@ class Evaluation:
             curve = _LearningCurve(self, method.name, learner)
             checkpoints = [budget * k / self.settings.curve_points for k in range(1, self.settings.curve_points)]
         doing = "training on" if trains else "adapting statistics to"
-        progress = self._progress(f"{method.name}: {doing} {budget / 60:g} min of stream", budget)
-        run: TrainingRun = train_online(
-            learner, self.stream, seconds=budget, seed=self.settings.seed, update=trains,
-            replay=self.settings.replay if trains else None,
-            checkpoints=checkpoints, on_checkpoint=curve.measure if curve is not None else None, progress=progress,
-        )
+        with self.progress(f"{method.name}: {doing} {budget / 60:g} min of stream", budget, "s of audio") as progress:
+            run: TrainingRun = train_online(
+                learner, self.stream, seconds=budget, seed=self.settings.seed, update=trains,
+                replay=self.settings.replay if trains else None,
+                checkpoints=checkpoints, on_checkpoint=curve.measure if curve is not None else None, progress=progress,
+            )
         self.log(f"{method.name}: streamed {run.streamed_seconds / 60:.2f} min ({run.replayed_windows} replayed windows), "
                  f"compute real-time factor {run.compute_rtf:.2f}")
         modules = list(range(learner.num_modules)) if self.settings.probe_modules == "all" else [learner.num_modules - 1]

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from online_gim.evaluation.progress import Progress
 from online_gim.evaluation.split import Segment
 from online_gim.learner import OnlineLearner
 from streams.chunk import AudioChunk
+from streams.progress import ProgressCallback
 from streams.replay import ReplayStore
 from streams.replay_config import ReplayConfig
 from streams.window import SAMPLE_RATE
@@ -82,7 +82,7 @@ def train_online(
     replay: ReplayConfig | None = None,
     checkpoints: Sequence[float] = (),
     on_checkpoint: Checkpoint | None = None,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> TrainingRun:
     """Streams ``seconds`` of the segments' audio through ``learner.step``.
 
@@ -95,7 +95,7 @@ def train_online(
         replay: replayed updates per stream window and their store (``None`` or ratio 0: none).
         checkpoints: seconds of audio (ascending) after which ``on_checkpoint`` is called.
         on_checkpoint: called with the seconds streamed, once per checkpoint reached.
-        progress: advanced by the seconds of audio of every stream window.
+        progress: told the seconds of stream learned so far (of ``seconds``), after every window.
     Returns:
         The :class:`TrainingRun`.
     """
@@ -117,7 +117,7 @@ def train_online(
                 replay_seconds += learner.step(store.sample(), replay=True).seconds
                 replayed += 1
         if progress is not None:
-            progress.advance(window / SAMPLE_RATE)
+            progress(streamed / SAMPLE_RATE, seconds)
         while pending and streamed >= pending[0] * SAMPLE_RATE:
             pending.pop(0)
             if on_checkpoint is not None:

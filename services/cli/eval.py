@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds the split, the learners, the stream order and the frame subsets (default: 0)")
     parser.add_argument("--presets", type=Path, default=None, metavar="DIR",
-                        help="folder of the method presets (default: the repository's configs/)")
+                        help="folder of the method presets (default: the presets shipped with online-gim, configs/ in the repository)")
     parser.add_argument("--max-frames", type=int, default=50_000, metavar="N",
                         help="frames per split for the frame-level probes, a seeded subset (default: 50000)")
     parser.add_argument("--curve-methods", default="clapp_eprop", metavar="LIST",
@@ -91,6 +91,13 @@ def _labels_folder(args: argparse.Namespace) -> Path | None:
     return next((args.corpus / name for name in LABEL_FOLDERS if (args.corpus / name).is_dir()), None)
 
 
+def _stage_progress(description: str, total: float, unit: str):
+    """A progress display of one stage of the evaluation (``StageProgress``)."""
+    from services.progress import ProgressReporter
+
+    return ProgressReporter(f"online-gim eval: {description}", total, unit=unit)
+
+
 def _check_outputs(*paths: Path | None) -> None:
     for path in paths:
         if path is not None and not path.resolve().parent.is_dir():
@@ -117,7 +124,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from online_gim.evaluation.markdown import markdown_tables
     from online_gim.evaluation.methods import PRESETS_DIR, resolve_methods
     from online_gim.evaluation.plot import plot_report
-    from online_gim.evaluation.run import Evaluation, EvaluationSettings
+    from online_gim.evaluation.run import Evaluation, EvaluationSettings, no_progress
     from streams.corpora.librispeech import LibriSpeechCorpus
 
     presets = args.presets or PRESETS_DIR
@@ -141,10 +148,11 @@ def run_eval(args: argparse.Namespace) -> int:
         curve_methods=tuple(_names(args.curve_methods)), curve_points=args.curve_points,
         probe_modules=args.probe_modules, replay=replay,
     )
-    log = None if args.quiet else (lambda line: print(f"eval: {line}", file=sys.stderr, flush=True))
+    log = None if args.quiet else (lambda line: print(f"online-gim eval: {line}", file=sys.stderr, flush=True))
+    progress = no_progress if args.quiet else _stage_progress
     try:
         evaluation = Evaluation(
-            corpus, settings, log=log, train_corpus=train_corpus,
+            corpus, settings, log=log, progress=progress, train_corpus=train_corpus,
             cache=None if args.no_cache else ResultCache(default_folder()),
         )
     except ValueError as error:
