@@ -177,6 +177,10 @@ class LearnerConfig(_Strict):
         schedule: which modules update on a window: ``all``, ``random`` (one random module, as
             RLL), ``round_robin``.
         input_momentum: weight of the newest window in the running input level statistics.
+        input_gain: ``stream``: samples standardised by the running input statistics only;
+            ``local``: then divided by their local RMS over ``input_gain_ms`` (floored at
+            ``input_gain_floor`` of the stream's RMS), an automatic gain control
+            (:class:`~online_gim.input_norm.InputNormalizer`).
         seed: seeds initialisation, negative sampling and schedules.
         probes: the online phone and speaker probes; ``None``: no probes.
     """
@@ -185,6 +189,9 @@ class LearnerConfig(_Strict):
     mode: Literal["greedy", "e2e"] = "greedy"
     schedule: Literal["all", "random", "round_robin"] = "all"
     input_momentum: float = Field(default=0.01, gt=0, le=1)
+    input_gain: Literal["stream", "local"] = "stream"
+    input_gain_ms: float = Field(default=20.0, gt=0)
+    input_gain_floor: float = Field(default=0.1, gt=0)
     seed: int = 0
     encoder: EncoderConfig = EncoderConfig()
     loss: LossConfig = LossConfig()

@@ -95,7 +95,11 @@ class OnlineLearner:
         torch.manual_seed(config.seed)
         self._generator = torch.Generator().manual_seed(config.seed)
         self._rng = np.random.default_rng(config.seed)
-        self.input_norm = InputNormalizer(momentum=config.input_momentum)
+        self.input_norm = InputNormalizer(
+            momentum=config.input_momentum,
+            local_samples=round(config.input_gain_ms * 16) if config.input_gain == "local" else None,
+            local_floor=config.input_gain_floor,
+        )
         self.stages: list[LocalStage] = []
         in_channels, stride = 1, 1
         for index, layer in enumerate(config.encoder.convs):
