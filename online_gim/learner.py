@@ -226,10 +226,10 @@ class OnlineLearner:
             started = time.perf_counter()
             if isinstance(stage.module, ConvModule):
                 with torch.no_grad():
-                    y = stage.module.forward_window(h, update_statistics=True)
+                    y, conv = stage.module.forward_window_keeping_conv(h, update_statistics=True)
                 frames = y[0].T  # (T, C)
                 self._remember(stage, frames, context)
-                parts = self._update_conv(stage, h, frames.shape[0], context) if index in scheduled else None
+                parts = self._update_conv(stage, h, conv, context) if index in scheduled else None
                 h = y
             else:
                 frames, parts = self._run_gru(stage, h[0].T, context, learn=index in scheduled)
@@ -272,10 +272,14 @@ class OnlineLearner:
         """Clips the gradient norm and steps, unless the gradient is not finite. Returns whether it stepped."""
         return step_optimizer(optimizer, self.config.optim.grad_clip)
 
-    def _update_conv(self, stage: LocalStage, inputs: torch.Tensor, frames: int, context: _WindowContext) -> LossParts | None:
-        first, count = self._anchors(frames)
+    def _update_conv(
+        self, stage: LocalStage, inputs: torch.Tensor, conv: torch.Tensor, context: _WindowContext
+    ) -> LossParts | None:
+        """Scores a random sub-window of a conv module's frames and updates it. ``conv``: the
+        window pass' ``(1, C, T)`` conv output, reused by the recompute."""
+        first, count = self._anchors(conv.shape[2])
         steps = self.config.loss.prediction_steps
-        recomputed = stage.module.forward_frames(inputs, first, first + count + steps)[0].T  # (count + K, C)
+        recomputed = stage.module.forward_frames(inputs, first, first + count + steps, conv=conv)[0].T  # (count + K, C)
         anchors = torch.arange(count)
         positions = context.window.start_sample + (first + anchors.numpy()) * stage.stride
         parts = stage.objective(recomputed[:count], recomputed, anchors, positions, source_id=context.window.source_id)
