@@ -131,10 +131,14 @@ class OptimConfig(_Strict):
     Attributes:
         lr: Adam learning rate of every module (GIM: 2e-4).
         grad_clip: maximum gradient norm per module per update (a guard, not a tuning knob).
+        moments: how Adam keeps its moments (``online_gim.adam``): ``compact`` (default: the first
+            moment in bfloat16, the second factored into row and column means for matrices, as
+            Adafactor; a quarter of the memory) or ``float32`` (exactly ``torch.optim.Adam``).
     """
 
     lr: float = Field(default=2e-4, gt=0)
     grad_clip: float = Field(default=10.0, gt=0)
+    moments: Literal["compact", "float32"] = "compact"
 
 
 class ProbeConfig(_Strict):

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from online_gim.adam import Adam
 from online_gim.config import LearnerConfig
 from online_gim.conv import ConvModule
 from online_gim.eprop import EligibilityTraces, StopGradientGRU
@@ -114,7 +115,7 @@ class OnlineLearner:
         if config.mode == "e2e":
             parameters = [p for stage in self.stages for p in stage.module.parameters()]
             parameters += list(self.stages[-1].head.parameters())
-            self._e2e_optimizer = torch.optim.Adam(parameters, lr=config.optim.lr, fused=True)
+            self._e2e_optimizer = Adam(parameters, lr=config.optim.lr, moments=config.optim.moments)
         self.steps = 0
         self.updates = 0
         self.windows_skipped_nonfinite = 0
@@ -142,7 +143,7 @@ class OnlineLearner:
         return [stage.memory for stage in self.stages]
 
     @property
-    def optimizers(self) -> list[torch.optim.Optimizer]:
+    def optimizers(self) -> list[Adam]:
         """Every optimiser the learner holds: one per module, and the end-to-end one in ``e2e`` mode."""
         e2e = [self._e2e_optimizer] if self.config.mode == "e2e" else []
         return [stage.optimizer for stage in self.stages] + e2e
@@ -268,7 +269,7 @@ class OnlineLearner:
         """Back-propagates a local loss within the stage and steps its optimiser."""
         return apply_local_loss(stage.optimizer, parts, self.config.optim.grad_clip)
 
-    def _step_optimizer(self, optimizer: torch.optim.Optimizer) -> bool:
+    def _step_optimizer(self, optimizer: Adam) -> bool:
         """Clips the gradient norm and steps, unless the gradient is not finite. Returns whether it stepped."""
         return step_optimizer(optimizer, self.config.optim.grad_clip)
 
@@ -339,7 +340,7 @@ class OnlineLearner:
         states = torch.cat(outputs)
         parts = totals.parts() if learn else None
         if parts is None or not bool(torch.isfinite(parts.loss)):
-            stage.optimizer.zero_grad(set_to_none=True)
+            stage.optimizer.zero_grad()
             return states, parts
         for parameter, grad in zip((gru.weight_ih, gru.weight_hh, gru.bias_ih, gru.bias_hh), traces.grads):
             parameter.grad = grad.clone()
@@ -374,7 +375,7 @@ class OnlineLearner:
         if parts is not None and bool(torch.isfinite(parts.loss)):
             parts.loss.backward()
             updated = self._step_optimizer(self._e2e_optimizer)
-        self._e2e_optimizer.zero_grad(set_to_none=True)
+        self._e2e_optimizer.zero_grad()
         embeddings = [o.detach() for o in outputs]
         reports = [
             self._module_report(index, parts if index == len(embeddings) - 1 and updated else None, frames, started)
