@@ -21,12 +21,28 @@ build of torch, Triton), about 150 MiB of a learning process' memory.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 
 MomentStorage = Literal["float32", "compact"]
+
+
+_SCRATCH = threading.local()
+"""Per thread, two float32 buffers that the compact update reuses for its temporaries (allocating
+them anew for every parameter of every window cost more than the arithmetic)."""
+
+
+def _scratch(slot: int, like: torch.Tensor) -> torch.Tensor:
+    """Float32 scratch of ``like``'s shape from buffer ``slot`` (0 or 1), grown as needed."""
+    buffers = getattr(_SCRATCH, "buffers", None)
+    if buffers is None:
+        buffers = _SCRATCH.buffers = [torch.empty(0), torch.empty(0)]
+    if buffers[slot].numel() < like.numel():
+        buffers[slot] = torch.empty(like.numel())
+    return buffers[slot][: like.numel()].view(like.shape)
 
 
 class Adam:
@@ -112,13 +128,14 @@ class Adam:
         state["step"] += 1
         step = float(state["step"])
         correction1, correction2 = 1 - beta1**step, 1 - beta2**step
-        exp_avg = state["exp_avg"].float().lerp_(grad, 1 - beta1)
+        exp_avg = _scratch(0, grad).copy_(state["exp_avg"]).lerp_(grad, 1 - beta1)
         state["exp_avg"].copy_(exp_avg)
         if "exp_avg_sq" in state:
             state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             denominator = (state["exp_avg_sq"] / correction2).sqrt_().add_(self.eps)
         else:
-            squares = grad.reshape(grad.shape[0], -1).square()
+            rows = grad.shape[0]
+            squares = torch.square(grad, out=_scratch(1, grad)).view(rows, -1)
             row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
             row.lerp_(squares.mean(1), 1 - beta2)
             col.lerp_(squares.mean(0), 1 - beta2)

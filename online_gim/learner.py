@@ -23,28 +23,6 @@ from online_gim.report import ModuleReport, ProbeReadout, StepReport
 from streams.window import FRAME_SAMPLES, AudioWindow
 
 
-class _LossTotals:
-    """Accumulates weighted loss parts over the chunks of one window."""
-
-    def __init__(self) -> None:
-        self.loss = self.loss_pos = self.loss_neg = self.active = 0.0
-        self.chance = float("nan")
-        self.count = 0
-
-    def add(self, parts: LossParts, weight: float) -> None:
-        self.loss += float(parts.loss.detach()) * weight
-        self.loss_pos += parts.loss_pos * weight
-        self.loss_neg += parts.loss_neg * weight
-        self.active += parts.active_fraction * weight
-        self.chance = parts.chance
-        self.count += 1
-
-    def parts(self) -> LossParts | None:
-        if not self.count:
-            return None
-        return LossParts(torch.tensor(self.loss), self.loss_pos, self.loss_neg, self.active, self.chance)
-
-
 @dataclass
 class _WindowContext:
     """What every stage needs to know about the window being learned."""
@@ -307,38 +285,36 @@ class OnlineLearner:
     def _run_eprop(
         self, stage: LocalStage, inputs: torch.Tensor, context: _WindowContext, *, learn: bool
     ) -> tuple[torch.Tensor, LossParts | None]:
-        """E-prop: chunk by chunk, forward the GRU, score the chunk's anchors (their targets
-        ``z_{t+k}`` are known inputs), and turn ``dLoss/dh_t`` into weight gradients through the
-        eligibility traces. The traces advance on every window (they are the sensitivities of
-        the hidden state), also when the GRU is not scheduled to learn. No activation history
-        beyond one chunk is kept."""
+        """E-prop: forward the GRU over the window chunk by chunk, score all anchors at once (their
+        targets ``z_{t+k}`` are known inputs, and a score depends on its own state ``h_t`` only),
+        and turn ``dLoss/dh_t`` into weight gradients through the eligibility traces, chunk by
+        chunk. The traces advance on every window (they are the sensitivities of the hidden
+        state), also when the GRU is not scheduled to learn. What is kept is the window's chunk
+        caches (``O(T * (D + H))``, the size of the window's input); no BPTT graph."""
         gru, traces = self.gru, self.traces
         assert isinstance(gru, StopGradientGRU) and traces is not None
-        frames = inputs.shape[0]
+        frames, chunk = inputs.shape[0], self.config.encoder.eprop_chunk
         scored = frames - self.config.loss.prediction_steps
-        outputs: list[torch.Tensor] = []
-        totals = _LossTotals()
-        traces.zero_grads()
-        for first in range(0, frames, self.config.encoder.eprop_chunk):
-            states, cache = gru.run_chunk(inputs[first : first + self.config.encoder.eprop_chunk], self.hidden)
+        outputs, caches = [], []
+        for first in range(0, frames, chunk):
+            states, cache = gru.run_chunk(inputs[first : first + chunk], self.hidden)
             self.hidden = states[-1]
             outputs.append(states)
-            signal = torch.zeros_like(states)
-            anchors = torch.arange(first, min(first + states.shape[0], scored))
-            if learn and len(anchors):
-                leaf = states.clone().requires_grad_(True)
-                positions = context.window.start_sample + anchors.numpy() * stage.stride
-                parts = stage.objective(leaf[anchors - first], inputs, anchors, positions, source_id=context.window.source_id)
-                if parts is None:
-                    learn = False
-                else:
-                    weight = len(anchors) / scored  # the window's loss is the mean over all anchors
-                    (parts.loss * weight).backward()
-                    totals.add(parts, weight)
-                    signal = leaf.grad
-            traces.update(cache, signal)
+            caches.append(cache)
         states = torch.cat(outputs)
-        parts = totals.parts() if learn else None
+        signal = torch.zeros_like(states)
+        parts = None
+        if learn and scored > 0:
+            leaf = states.clone().requires_grad_(True)
+            anchors = torch.arange(scored)
+            positions = context.window.start_sample + anchors.numpy() * stage.stride
+            parts = stage.objective(leaf[:scored], inputs, anchors, positions, source_id=context.window.source_id)
+            if parts is not None:
+                parts.loss.backward()
+                signal = leaf.grad
+        traces.zero_grads()
+        for first, cache in zip(range(0, frames, chunk), caches):
+            traces.update(cache, signal[first : first + chunk])
         if parts is None or not bool(torch.isfinite(parts.loss)):
             stage.optimizer.zero_grad()
             return states, parts
