@@ -92,10 +92,6 @@ class LossConfig(_Strict):
         subwindow: anchors scored per window and module (a random contiguous run), as GIM does to
             bound the cost of the long lower layers; the backward pass only touches those frames.
         margin_pos, margin_neg: distances (in units of the normalised embedding) of ``distance_hinge``.
-        head_precision: the number type of the prediction heads' matrix products (forward and
-            backward; the matrices, their updates and the scores stay float32). ``auto``
-            (default): ``bfloat16`` where the CPU multiplies it natively (AVX-512 BF16, AMX: about
-            twice float32's speed), else ``float32``.
     """
 
     kind: Literal["clapp", "clapp_s", "infonce", "distance_hinge"] = "clapp"
@@ -105,7 +101,6 @@ class LossConfig(_Strict):
     subwindow: int = Field(default=128, gt=0)
     margin_pos: float = Field(default=1.0, ge=0)
     margin_neg: float = Field(default=3.0, ge=0)
-    head_precision: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 class MemoryConfig(_Strict):
@@ -181,6 +176,11 @@ class LearnerConfig(_Strict):
         input_momentum: weight of the newest window in the running input level statistics.
         seed: seeds initialisation, negative sampling and schedules.
         probes: the online phone and speaker probes; ``None``: no probes.
+        precision: the number type of the convolutions and of the prediction heads' products
+            (forward and backward; weights, their updates, normalisation, scores and the GRU stay
+            float32, as do the outputs). ``auto`` (default): ``bfloat16`` where the CPU multiplies
+            it natively (oneDNN's check: AVX-512 BF16 or AMX; about twice float32's speed), else
+            ``float32``.
     """
 
     window: int = Field(default=20480, gt=0)
@@ -193,6 +193,7 @@ class LearnerConfig(_Strict):
     memory: MemoryConfig = MemoryConfig()
     optim: OptimConfig = OptimConfig()
     probes: ProbeConfig | None = ProbeConfig()
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
 
     @model_validator(mode="after")
     def _check_sizes(self) -> LearnerConfig:

@@ -27,15 +27,19 @@ def _standardise(pre: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> to
 
 
 def _window_normalise(pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``window`` norm and ReLU of ``(1, C, T)`` pre-activations: returns the ``(1, C, T)`` output and
-    the ``(C,)`` mean and variance used. Differentiable through the statistics; without autograd the
-    output is computed in place of one temporary (``pre`` is left as it is)."""
-    mean = pre.mean(dim=2, keepdim=True)
-    centred = pre - mean
-    var = (centred * centred).mean(dim=2, keepdim=True)
-    if torch.is_grad_enabled() and centred.requires_grad:
+    """``window`` norm and ReLU of ``(1, C, T)`` pre-activations (float32 or bfloat16): returns the
+    float32 ``(1, C, T)`` output and the ``(C,)`` mean and variance used (summed in float32).
+    Differentiable through the statistics; without autograd the output is computed in place of one
+    temporary (``pre`` is left as it is)."""
+    if torch.is_grad_enabled() and pre.requires_grad:
+        mean = pre.float().mean(dim=2, keepdim=True)
+        centred = pre.float() - mean
+        var = (centred * centred).mean(dim=2, keepdim=True)
         output = torch.relu(centred * torch.rsqrt(var + _EPS))
     else:
+        centred = pre.to(torch.float32, copy=True)
+        mean = centred.mean(dim=2, keepdim=True)
+        var = torch.linalg.vector_norm(centred.sub_(mean), dim=2, keepdim=True).square_().div_(pre.shape[2])
         output = centred.mul_(torch.rsqrt(var + _EPS)).relu_()
     return output, mean.view(-1), var.view(-1)
 
@@ -93,17 +97,23 @@ class ConvModule(nn.Module):
         layer: the Conv1d's shape.
         norm: ``window``, ``time``, ``frame`` or ``none``.
         momentum: weight of the newest window in the running statistics (``time``).
+        product_dtype: the number type the convolution multiplies in (``torch.bfloat16``: input
+            and weights rounded to bfloat16, sums in float32, output returned as float32; the
+            weight gradient of the greedy recompute stays float32).
 
     For ``time`` and ``window`` the buffers ``running_mean``/``running_var`` hold the statistics in
     use (for ``window``: those of the newest window, so that :meth:`forward_frames` of the window
     being learned normalises exactly like :meth:`forward_window` did).
     """
 
-    def __init__(self, in_channels: int, layer: ConvLayerConfig, *, norm: str, momentum: float) -> None:
+    def __init__(
+        self, in_channels: int, layer: ConvLayerConfig, *, norm: str, momentum: float, product_dtype: torch.dtype = torch.float32
+    ) -> None:
         super().__init__()
         self.layer = layer
         self.norm = norm
         self.momentum = momentum
+        self.product_dtype = product_dtype
         self.conv = nn.Conv1d(in_channels, layer.channels, layer.kernel, stride=layer.stride, padding=0)
         self.register_buffer("running_mean", torch.zeros(layer.channels))
         self.register_buffer("running_var", torch.ones(layer.channels))
@@ -122,9 +132,13 @@ class ConvModule(nn.Module):
         left, right = max(-begin, 0), max(end - x.shape[-1], 0)
         return F.pad(inside, (left, right)) if left or right else inside
 
-    def _convolve(self, x: torch.Tensor) -> torch.Tensor:
-        """The Conv1d over the whole ``(1, C_in, T_in)`` input, zero padding included."""
-        return F.conv1d(x, self.conv.weight, self.conv.bias, stride=self.layer.stride, padding=self.layer.padding)
+    def _convolve(self, x: torch.Tensor, padding: int) -> torch.Tensor:
+        """The Conv1d over a ``(1, C_in, T_in)`` input with ``padding`` zeros at both ends, in
+        (and returned as) ``product_dtype``."""
+        weight, bias = self.conv.weight, self.conv.bias
+        if self.product_dtype != weight.dtype:
+            x, weight, bias = x.to(self.product_dtype), weight.to(self.product_dtype), bias.to(self.product_dtype)
+        return F.conv1d(x, weight, bias, stride=self.layer.stride, padding=padding)
 
     def _normalise_and_rectify(self, pre: torch.Tensor) -> torch.Tensor:
         """``(1, C, T)`` pre-activations -> ``(1, C, T)`` outputs (``time``, ``frame``, ``none``)."""
@@ -163,13 +177,15 @@ class ConvModule(nn.Module):
 
     def forward_window_keeping_conv(self, x: torch.Tensor, *, update_statistics: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward_window`, also returning the ``(1, C, T)`` conv output before the
-        normalisation (what :meth:`forward_frames` can reuse instead of convolving again)."""
-        pre = self._convolve(x)
+        normalisation, in ``product_dtype`` (what :meth:`forward_frames` can reuse instead of
+        convolving again)."""
+        pre = self._convolve(x, self.layer.padding)
         if self.norm == "window":
             output, mean, var = _window_normalise(pre)
             if update_statistics:
                 self._fold_statistics(mean.detach(), var.detach())
             return output, pre
+        pre = pre.float()
         if self.norm == "time" and update_statistics:
             self._fold_statistics(*_channel_statistics(pre.detach()))
         return self._normalise_and_rectify(pre), pre
@@ -191,9 +207,11 @@ class ConvModule(nn.Module):
         """
         inputs = self._input_slice(x, first, stop)
         if conv is None:
-            pre = F.conv1d(inputs, self.conv.weight, self.conv.bias, stride=self.layer.stride)
+            pre = self._convolve(inputs, 0).float()
         else:
-            pre = _ConvWithKnownOutput.apply(conv[..., first:stop], inputs, self.conv.weight, self.conv.bias, self.layer.stride)
+            pre = _ConvWithKnownOutput.apply(
+                conv[..., first:stop].float(), inputs, self.conv.weight, self.conv.bias, self.layer.stride
+            )
         if self.norm != "window":
             return self._normalise_and_rectify(pre)
         mean, var = _channel_statistics(pre)

@@ -102,6 +102,15 @@ class StopGradientGRU(nn.Module):
         return torch.stack(states)
 
     @torch.no_grad()
+    def run(self, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+        """``(T, D)`` inputs from state ``(H,)`` -> ``(T, H)`` hidden states, without autograd and
+        without what e-prop needs (inference): torch's GRU kernel, whose forward pass is this
+        network's (the stop-gradients change only gradients)."""
+        weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
+        states, _ = torch.gru(x[:, None, :], h0[None, None, :], weights, True, 1, 0.0, False, False, False)
+        return states[:, 0]
+
+    @torch.no_grad()
     def run_chunk(self, x: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, GruStepCache]:
         """Runs the GRU without autograd and keeps what e-prop needs.
 

@@ -16,7 +16,7 @@ from online_gim.conv import ConvModule
 from online_gim.eprop import EligibilityTraces, StopGradientGRU
 from online_gim.input_norm import InputNormalizer
 from online_gim.local_update import LocalStage, ModuleSchedule, apply_local_loss, module_report, step_optimizer
-from online_gim.losses import LossParts
+from online_gim.losses import LossParts, product_dtype
 from online_gim.memory import NegativeMemory
 from online_gim.probes import OnlineProbes
 from online_gim.report import ModuleReport, ProbeReadout, StepReport
@@ -68,10 +68,13 @@ class OnlineLearner:
         self._generator = torch.Generator().manual_seed(config.seed)
         self._rng = np.random.default_rng(config.seed)
         self.input_norm = InputNormalizer(momentum=config.input_momentum)
+        self.product_dtype = product_dtype(config.precision)
         self.stages: list[LocalStage] = []
         in_channels, stride = 1, 1
         for index, layer in enumerate(config.encoder.convs):
-            module = ConvModule(in_channels, layer, norm=config.encoder.norm, momentum=config.encoder.norm_momentum)
+            module = ConvModule(
+                in_channels, layer, norm=config.encoder.norm, momentum=config.encoder.norm_momentum, product_dtype=self.product_dtype
+            )
             stride *= layer.stride
             memory = NegativeMemory(
                 layer.channels, config.memory, exclusion_samples=self._exclusion_frames * stride, seed=config.seed + index
@@ -109,6 +112,7 @@ class OnlineLearner:
         return LocalStage.build(
             module, context_dim=context_dim, target_dim=target_dim, memory=memory, stride=stride,
             loss=self.config.loss, memory_config=self.config.memory, optim=self.config.optim, generator=self._generator,
+            product_dtype=self.product_dtype,
         )
 
     @property
@@ -380,10 +384,9 @@ class OnlineLearner:
         for stage in self.stages:
             if isinstance(stage.module, ConvModule):
                 h = stage.module.forward_window(h, update_statistics=False)
-                outputs.append(h[0].T.clone())
+                outputs.append(h[0].T)  # a view: nothing writes into h
             elif isinstance(stage.module, StopGradientGRU):
-                states, _ = stage.module.run_chunk(h[0].T, torch.zeros(stage.module.hidden_size))
-                outputs.append(states)
+                outputs.append(stage.module.run(h[0].T, torch.zeros(stage.module.hidden_size)))
             else:
                 states, _ = stage.module(h[0].T[:, None, :])
                 outputs.append(states[:, 0])

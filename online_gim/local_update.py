@@ -19,7 +19,7 @@ from torch import nn
 
 from online_gim.adam import Adam
 from online_gim.config import LossConfig, MemoryConfig, OptimConfig
-from online_gim.losses import LossParts, PredictionHead, head_product_dtype
+from online_gim.losses import LossParts, PredictionHead
 from online_gim.memory import NegativeMemory
 from online_gim.objective import LocalObjective
 from online_gim.report import ModuleReport
@@ -53,13 +53,14 @@ class LocalStage:
         memory_config: MemoryConfig,
         optim: OptimConfig,
         generator: torch.Generator,
+        product_dtype: torch.dtype = torch.float32,
     ) -> LocalStage:
-        """A stage whose head predicts ``target_dim`` targets from ``context_dim`` contexts; one Adam
-        optimiser (``optim.lr``, moments stored as ``optim.moments``) over the module's and the
-        head's parameters."""
+        """A stage whose head predicts ``target_dim`` targets from ``context_dim`` contexts (its
+        products in ``product_dtype``); one Adam optimiser (``optim.lr``, moments stored as
+        ``optim.moments``) over the module's and the head's parameters."""
         head = PredictionHead(
             context_dim, target_dim, loss.prediction_steps, split=loss.split_prediction, generator=generator,
-            product_dtype=head_product_dtype(loss.head_precision),
+            product_dtype=product_dtype,
         )
         objective = LocalObjective(loss, memory_config, head, memory, generator)
         optimizer = Adam([*module.parameters(), *head.parameters()], lr=optim.lr, moments=optim.moments)

@@ -92,8 +92,8 @@ class PredictionHead(nn.Module):
         return product.view(context.shape[0], self.steps, self.target_dim) * self.scale
 
 
-def head_product_dtype(precision: str) -> torch.dtype:
-    """The head's product type for ``LossConfig.head_precision`` on this CPU (``auto``: bfloat16
+def product_dtype(precision: str) -> torch.dtype:
+    """The number type of products for ``LearnerConfig.precision`` on this CPU (``auto``: bfloat16
     where oneDNN multiplies it natively)."""
     if precision == "auto":
         return torch.bfloat16 if bfloat16_is_native() else torch.float32
