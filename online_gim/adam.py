@@ -30,19 +30,23 @@ import torch
 MomentStorage = Literal["float32", "compact"]
 
 
+_BLOCK_ELEMENTS = 1 << 18
+"""Elements of a matrix that the compact update processes at once (1 MiB of float32): its
+temporaries stay small and in cache."""
+
 _SCRATCH = threading.local()
-"""Per thread, two float32 buffers that the compact update reuses for its temporaries (allocating
-them anew for every parameter of every window cost more than the arithmetic)."""
+"""Per thread, two float32 buffers of :data:`_BLOCK_ELEMENTS` that the compact update reuses for its
+temporaries (allocating them anew for every block cost more than the arithmetic)."""
 
 
-def _scratch(slot: int, like: torch.Tensor) -> torch.Tensor:
-    """Float32 scratch of ``like``'s shape from buffer ``slot`` (0 or 1), grown as needed."""
+def _scratch(slot: int, rows: int, cols: int) -> torch.Tensor:
+    """A ``(rows, cols)`` float32 view of scratch buffer ``slot`` (0 or 1)."""
     buffers = getattr(_SCRATCH, "buffers", None)
     if buffers is None:
-        buffers = _SCRATCH.buffers = [torch.empty(0), torch.empty(0)]
-    if buffers[slot].numel() < like.numel():
-        buffers[slot] = torch.empty(like.numel())
-    return buffers[slot][: like.numel()].view(like.shape)
+        buffers = _SCRATCH.buffers = [torch.empty(_BLOCK_ELEMENTS), torch.empty(_BLOCK_ELEMENTS)]
+    if buffers[slot].numel() < rows * cols:
+        buffers[slot] = torch.empty(rows * cols)
+    return buffers[slot][: rows * cols].view(rows, cols)
 
 
 class Adam:
@@ -121,28 +125,39 @@ class Adam:
         return self.state[index]
 
     def _compact_step(self, index: int) -> None:
-        parameter = self.params[index]
-        grad = parameter.grad
-        state = self._state(index)
+        parameter, state = self.params[index], self._state(index)
         beta1, beta2 = self.betas
         state["step"] += 1
         step = float(state["step"])
-        correction1, correction2 = 1 - beta1**step, 1 - beta2**step
-        exp_avg = _scratch(0, grad).copy_(state["exp_avg"]).lerp_(grad, 1 - beta1)
-        state["exp_avg"].copy_(exp_avg)
-        if "exp_avg_sq" in state:
+        size = -self.lr / (1 - beta1**step)
+        correction2 = 1 - beta2**step
+        if "exp_avg_sq" in state:  # a vector: full second moment
+            grad = parameter.grad
+            exp_avg = state["exp_avg"].float().lerp_(grad, 1 - beta1)
+            state["exp_avg"].copy_(exp_avg)
             state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denominator = (state["exp_avg_sq"] / correction2).sqrt_().add_(self.eps)
-        else:
-            rows = grad.shape[0]
-            squares = torch.square(grad, out=_scratch(1, grad)).view(rows, -1)
-            row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
-            row.lerp_(squares.mean(1), 1 - beta2)
-            col.lerp_(squares.mean(0), 1 - beta2)
-            row_scale = (row / correction2).sqrt_()
-            col_scale = (col / row.mean().clamp_min(torch.finfo(torch.float32).tiny)).sqrt_()
-            denominator = torch.outer(row_scale, col_scale, out=squares).add_(self.eps).view_as(grad)
-        parameter.addcdiv_(exp_avg, denominator, value=-self.lr / correction1)
+            parameter.addcdiv_(exp_avg, (state["exp_avg_sq"] / correction2).sqrt_().add_(self.eps), value=size)
+            return
+        rows = parameter.shape[0]
+        grad = parameter.grad.reshape(rows, -1)
+        cols = grad.shape[1]
+        blocks = [(start, min(start + max(1, _BLOCK_ELEMENTS // cols), rows)) for start in range(0, rows, max(1, _BLOCK_ELEMENTS // cols))]
+        row_squares, col_squares = grad.new_empty(rows), grad.new_zeros(cols)
+        for start, stop in blocks:  # the row and column means of g**2
+            squares = torch.square(grad[start:stop], out=_scratch(0, stop - start, cols))
+            row_squares[start:stop] = squares.mean(1)
+            col_squares += squares.sum(0)
+        row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
+        row.lerp_(row_squares, 1 - beta2)
+        col.lerp_(col_squares.div_(rows), 1 - beta2)
+        row_scale = (row / correction2).sqrt_()
+        col_scale = (col / row.mean().clamp_min(torch.finfo(torch.float32).tiny)).sqrt_()
+        exp_avg, weight = state["exp_avg"].view(rows, cols), parameter.detach().view(rows, cols)
+        for start, stop in blocks:  # m, and the update m / (sqrt(v) + eps) with v ~ r c^T / mean(r)
+            first = _scratch(0, stop - start, cols).copy_(exp_avg[start:stop]).lerp_(grad[start:stop], 1 - beta1)
+            exp_avg[start:stop].copy_(first)
+            denominator = torch.outer(row_scale[start:stop], col_scale, out=_scratch(1, stop - start, cols)).add_(self.eps)
+            weight[start:stop].addcdiv_(first, denominator, value=size)
 
     def state_dict(self) -> dict[str, object]:
         """``torch.optim.Adam``'s layout: ``{"state": {index: {...}}, "param_groups": [...]}``."""
