@@ -16,6 +16,8 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -339,6 +341,61 @@ def learner_state_mib(learner: OnlineLearner) -> float:
     return sum(t.numel() * t.element_size() for t in (*parameters, *moments)) / MIB
 
 
+# ---------------------------------------------------------------------- the published reference
+
+
+REFERENCE_FLAGS = ("--subsample", "--num_epochs", "1000", "--learning_rate", "2e-4", "--start_epoch", "0",
+                   "--batch_size", "1", "--model_splits", "6")
+"""The reference's own command-line flags (its ``audio_traineval.sh``) at batch 1: GIM, six modules."""
+
+
+def reference_rtf(reference: str, mode: Literal["train", "forward"], windows: int, warmup: int = 2, seed: int = 0) -> float:
+    """Median seconds per window / 1.28 s of the published Greedy InfoMax audio code at batch 1.
+
+    Meant for a fresh process. Builds the model and optimiser with the reference's own argument
+    parser and loader (:data:`REFERENCE_FLAGS`) and times, on one random 20480-sample window, its
+    training step (the sequence of ``GreedyInfoMax/audio/main_audio.py``'s ``train``: forward with
+    the InfoNCE losses, backward, Adam step) or its forward pass through all six modules without
+    gradients (``forward_through_n_layers``).
+
+    Args:
+        reference: a folder holding the ``GreedyInfoMax`` package of a snapshot of
+            loeweX/Greedy_InfoMax (never part of this project; prepared as
+            ``../shared/tools/gim_ref_bench/README.md`` says).
+        mode: ``train`` or ``forward``.
+        windows: windows timed (after ``warmup`` untimed ones).
+    """
+    sys.path.insert(0, reference)
+    from GreedyInfoMax.audio.arg_parser import arg_parser
+    from GreedyInfoMax.audio.models import load_audio_model
+
+    sys.argv = ["main_audio", *REFERENCE_FLAGS]
+    options = arg_parser.parse_args()
+    torch.manual_seed(seed)
+    with contextlib.redirect_stdout(io.StringIO()):
+        model, optimizer = load_audio_model.load_model_and_optimizer(options)
+    x = torch.randn(1, 1, 20480)
+
+    def train() -> None:
+        loss = torch.mean(model(x, None, None, n=options.train_layer), 0)
+        model.zero_grad()
+        sum(loss).backward()
+        optimizer.step()
+
+    def forward() -> None:
+        with torch.no_grad():
+            model.module.forward_through_n_layers(x, 5)
+
+    step = train if mode == "train" else forward
+    seconds = []
+    for index in range(warmup + windows):
+        started = time.perf_counter()
+        step()
+        if index >= warmup:
+            seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds) / (x.shape[-1] / SAMPLE_RATE)
+
+
 # ---------------------------------------------------------------------- processes
 
 
@@ -399,6 +456,10 @@ class BenchResult:
     cpu_count: int
     torch_version: str
     bench_seconds: float
+    reference_rtf_train: float | None = None
+    reference_rtf_forward: float | None = None
+    speedup_learn_over_reference: float | None = None
+    speedup_infer_over_reference: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         """The result as JSON values (NaN, e.g. a module never scored, becomes ``None``)."""
@@ -408,7 +469,7 @@ class BenchResult:
 def _json_value(value: object) -> object:
     if isinstance(value, tuple):
         return [_json_value(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
+    if value is None or isinstance(value, float) and not math.isfinite(value):
         return None
     return value
 
@@ -422,6 +483,7 @@ def run_bench(
     gru: EncoderConfig | None = None,
     video_config: VideoLearnerConfig | None = None,
     video_windows: int = 10,
+    reference: Path | None = None,
 ) -> BenchResult:
     """Runs every measurement once, in this process and in fresh child processes.
 
@@ -436,6 +498,9 @@ def run_bench(
             ``config.encoder``; the memory of a tiny GRU is below what RSS resolves).
         video_config: the video learner of ``video_fps_learn`` (``None``: its default).
         video_windows: video windows timed.
+        reference: a prepared snapshot of the published Greedy InfoMax code: also time its
+            training step and forward pass (:func:`reference_rtf`, fresh processes, this
+            process' thread count) right after the learner; ``None``: not measured.
     """
     from online_gim.video.bench import measure_video_fps_learn  # PyAV: only when measured
 
@@ -449,6 +514,10 @@ def run_bench(
     )
     rtf_infer = measure_rtf_infer(learner, windows[-timed_windows:])
     del learner
+    references = {
+        mode: run_in_fresh_process("reference_rtf", dict(reference=str(reference), mode=mode, windows=timed_windows))
+        for mode in ("train", "forward")
+    } if reference is not None else {}
     gru = gru or config.encoder
     gru_sizes = dict(input_size=gru.convs[-1].channels, hidden_size=gru.gru_hidden, chunk=gru.eprop_chunk)
     memory = measure_gru_memory(**gru_sizes)
@@ -484,4 +553,8 @@ def run_bench(
         cpu_count=os.cpu_count() or 0,
         torch_version=torch.__version__,
         bench_seconds=time.perf_counter() - started,
+        reference_rtf_train=references.get("train"),
+        reference_rtf_forward=references.get("forward"),
+        speedup_learn_over_reference=references["train"] / greedy.rtf if references else None,
+        speedup_infer_over_reference=references["forward"] / rtf_infer if references else None,
     )

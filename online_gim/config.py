@@ -138,10 +138,14 @@ class OptimConfig(_Strict):
     Attributes:
         lr: Adam learning rate of every module (GIM: 2e-4).
         grad_clip: maximum gradient norm per module per update (a guard, not a tuning knob).
+        moments: how Adam keeps its moments (``online_gim.adam``): ``compact`` (default: the first
+            moment in bfloat16, the second factored into row and column means for matrices, as
+            Adafactor; a quarter of the memory) or ``float32`` (exactly ``torch.optim.Adam``).
     """
 
     lr: float = Field(default=2e-4, gt=0)
     grad_clip: float = Field(default=10.0, gt=0)
+    moments: Literal["compact", "float32"] = "compact"
 
 
 class ProbeConfig(_Strict):
@@ -183,6 +187,11 @@ class LearnerConfig(_Strict):
             (:class:`~online_gim.input_norm.InputNormalizer`).
         seed: seeds initialisation, negative sampling and schedules.
         probes: the online phone and speaker probes; ``None``: no probes.
+        precision: the number type of the convolutions and of the prediction heads' products
+            (forward and backward; weights, their updates, normalisation, scores and the GRU stay
+            float32, as do the outputs). ``auto`` (default): ``bfloat16`` where the CPU multiplies
+            it natively (oneDNN's check: AVX-512 BF16 or AMX; about twice float32's speed), else
+            ``float32``.
     """
 
     window: int = Field(default=20480, gt=0)
@@ -198,6 +207,7 @@ class LearnerConfig(_Strict):
     memory: MemoryConfig = MemoryConfig()
     optim: OptimConfig = OptimConfig()
     probes: ProbeConfig | None = ProbeConfig()
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
 
     @model_validator(mode="after")
     def _check_sizes(self) -> LearnerConfig:

@@ -12,13 +12,57 @@ _EPS = 1e-5
 
 
 def _channel_statistics(pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(1, C, T)`` pre-activations -> each channel's ``(C,)`` mean and (biased) variance over time."""
-    return pre.mean(dim=(0, 2)), pre.var(dim=(0, 2), unbiased=False)
+    """``(1, C, T)`` pre-activations -> each channel's ``(C,)`` mean and (biased) variance over time.
+
+    Two passes (the mean, then the mean square of the centred values): as exact as ``Tensor.var``
+    and about ten times faster on CPU."""
+    mean = pre.mean(dim=2, keepdim=True)
+    centred = pre - mean
+    return mean.view(-1), (centred * centred).mean(dim=2).view(-1)
 
 
 def _standardise(pre: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
     """``(1, C, T)`` pre-activations standardised per channel by ``(C,)`` statistics."""
     return (pre - mean[:, None]) * torch.rsqrt(var[:, None] + _EPS)
+
+
+def _window_normalise(pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``window`` norm and ReLU of ``(1, C, T)`` pre-activations (float32 or bfloat16): returns the
+    float32 ``(1, C, T)`` output and the ``(C,)`` mean and variance used (summed in float32).
+    Differentiable through the statistics; without autograd the output is computed in place of one
+    temporary (``pre`` is left as it is)."""
+    if torch.is_grad_enabled() and pre.requires_grad:
+        mean = pre.float().mean(dim=2, keepdim=True)
+        centred = pre.float() - mean
+        var = (centred * centred).mean(dim=2, keepdim=True)
+        output = torch.relu(centred * torch.rsqrt(var + _EPS))
+    else:
+        centred = pre.to(torch.float32, copy=True)
+        mean = centred.mean(dim=2, keepdim=True)
+        var = torch.linalg.vector_norm(centred.sub_(mean), dim=2, keepdim=True).square_().div_(pre.shape[2])
+        output = centred.mul_(torch.rsqrt(var + _EPS)).relu_()
+    return output, mean.view(-1), var.view(-1)
+
+
+class _ConvWithKnownOutput(torch.autograd.Function):
+    """A stride-``s`` Conv1d (no padding) whose output is already known, e.g. a slice of the window
+    pass: forward returns (a copy of) that output, backward the weight and bias gradients of the
+    convolution of ``x``, as autograd of ``F.conv1d(x, weight, bias, stride)`` would. No gradient
+    for ``x``. Saves recomputing a convolution that the forward pass already did."""
+
+    @staticmethod
+    def forward(ctx, output: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int):
+        ctx.save_for_backward(x, weight)
+        ctx.stride = stride
+        return output.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad.contiguous(), x, weight, [weight.shape[0]], [ctx.stride], [0], [1], False, [0], 1, [False, True, True]
+        )
+        return None, None, grad_weight, grad_bias, None
 
 
 class ConvModule(nn.Module):
@@ -53,17 +97,23 @@ class ConvModule(nn.Module):
         layer: the Conv1d's shape.
         norm: ``window``, ``time``, ``frame`` or ``none``.
         momentum: weight of the newest window in the running statistics (``time``).
+        product_dtype: the number type the convolution multiplies in (``torch.bfloat16``: input
+            and weights rounded to bfloat16, sums in float32, output returned as float32; the
+            weight gradient of the greedy recompute stays float32).
 
     For ``time`` and ``window`` the buffers ``running_mean``/``running_var`` hold the statistics in
     use (for ``window``: those of the newest window, so that :meth:`forward_frames` of the window
     being learned normalises exactly like :meth:`forward_window` did).
     """
 
-    def __init__(self, in_channels: int, layer: ConvLayerConfig, *, norm: str, momentum: float) -> None:
+    def __init__(
+        self, in_channels: int, layer: ConvLayerConfig, *, norm: str, momentum: float, product_dtype: torch.dtype = torch.float32
+    ) -> None:
         super().__init__()
         self.layer = layer
         self.norm = norm
         self.momentum = momentum
+        self.product_dtype = product_dtype
         self.conv = nn.Conv1d(in_channels, layer.channels, layer.kernel, stride=layer.stride, padding=0)
         self.register_buffer("running_mean", torch.zeros(layer.channels))
         self.register_buffer("running_var", torch.ones(layer.channels))
@@ -73,8 +123,22 @@ class ConvModule(nn.Module):
     def out_channels(self) -> int:
         return self.layer.channels
 
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x, (self.layer.padding, self.layer.padding))
+    def _input_slice(self, x: torch.Tensor, first: int, stop: int) -> torch.Tensor:
+        """The ``(1, C_in, (stop - 1) * stride + kernel - first * stride)`` slice of the zero-padded
+        input that output frames ``[first, stop)`` read (padding only the ends it reaches)."""
+        stride, kernel, padding = self.layer.stride, self.layer.kernel, self.layer.padding
+        begin, end = first * stride - padding, (stop - 1) * stride + kernel - padding
+        inside = x[..., max(begin, 0) : min(end, x.shape[-1])]
+        left, right = max(-begin, 0), max(end - x.shape[-1], 0)
+        return F.pad(inside, (left, right)) if left or right else inside
+
+    def _convolve(self, x: torch.Tensor, padding: int) -> torch.Tensor:
+        """The Conv1d over a ``(1, C_in, T_in)`` input with ``padding`` zeros at both ends, in
+        (and returned as) ``product_dtype``."""
+        weight, bias = self.conv.weight, self.conv.bias
+        if self.product_dtype != weight.dtype:
+            x, weight, bias = x.to(self.product_dtype), weight.to(self.product_dtype), bias.to(self.product_dtype)
+        return F.conv1d(x, weight, bias, stride=self.layer.stride, padding=padding)
 
     def _normalise_and_rectify(self, pre: torch.Tensor) -> torch.Tensor:
         """``(1, C, T)`` pre-activations -> ``(1, C, T)`` outputs (``time``, ``frame``, ``none``)."""
@@ -109,29 +173,45 @@ class ConvModule(nn.Module):
         Returns:
             ``(1, C, T)`` output, ``T = (T_in + 2*padding - kernel) // stride + 1``.
         """
-        pre = self.conv(self._pad(x))
-        if self.norm == "window" or (self.norm == "time" and update_statistics):
-            mean, var = _channel_statistics(pre)  # the window's, once
+        return self.forward_window_keeping_conv(x, update_statistics=update_statistics)[0]
+
+    def forward_window_keeping_conv(self, x: torch.Tensor, *, update_statistics: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward_window`, also returning the ``(1, C, T)`` conv output before the
+        normalisation, in ``product_dtype`` (what :meth:`forward_frames` can reuse instead of
+        convolving again)."""
+        pre = self._convolve(x, self.layer.padding)
+        if self.norm == "window":
+            output, mean, var = _window_normalise(pre)
             if update_statistics:
                 self._fold_statistics(mean.detach(), var.detach())
-            if self.norm == "window":
-                return torch.relu(_standardise(pre, mean, var))
-        return self._normalise_and_rectify(pre)
+            return output, pre
+        pre = pre.float()
+        if self.norm == "time" and update_statistics:
+            self._fold_statistics(*_channel_statistics(pre.detach()))
+        return self._normalise_and_rectify(pre), pre
 
-    def forward_frames(self, x: torch.Tensor, first: int, stop: int) -> torch.Tensor:
+    def forward_frames(self, x: torch.Tensor, first: int, stop: int, *, conv: torch.Tensor | None = None) -> torch.Tensor:
         """Recomputes output frames ``[first, stop)`` from the slice of the input they read.
 
         Args:
             x: ``(1, C_in, T_in)`` the whole input window.
             first, stop: output frame range.
+            conv: the window's ``(1, C, T)`` conv output from :meth:`forward_window_keeping_conv`
+                with the current weights; its frames are reused instead of convolving the slice
+                again (same values; the weight gradient is still that of the slice's convolution).
         Returns:
             ``(1, C, stop - first)``, equal to ``forward_window(x)[..., first:stop]``. For ``window``
             norm its gradient also flows through the mean and variance of the recomputed
             pre-activations (their values are replaced by the window's): with ``[first, stop)``
             the whole window it is exactly ``forward_window``'s gradient.
         """
-        stride, kernel = self.layer.stride, self.layer.kernel
-        pre = self.conv(self._pad(x)[..., first * stride : (stop - 1) * stride + kernel])
+        inputs = self._input_slice(x, first, stop)
+        if conv is None:
+            pre = self._convolve(inputs, 0).float()
+        else:
+            pre = _ConvWithKnownOutput.apply(
+                conv[..., first:stop].float(), inputs, self.conv.weight, self.conv.bias, self.layer.stride
+            )
         if self.norm != "window":
             return self._normalise_and_rectify(pre)
         mean, var = _channel_statistics(pre)

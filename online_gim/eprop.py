@@ -102,6 +102,15 @@ class StopGradientGRU(nn.Module):
         return torch.stack(states)
 
     @torch.no_grad()
+    def run(self, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+        """``(T, D)`` inputs from state ``(H,)`` -> ``(T, H)`` hidden states, without autograd and
+        without what e-prop needs (inference): torch's GRU kernel, whose forward pass is this
+        network's (the stop-gradients change only gradients)."""
+        weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
+        states, _ = torch.gru(x[:, None, :], h0[None, None, :], weights, True, 1, 0.0, False, False, False)
+        return states[:, 0]
+
+    @torch.no_grad()
     def run_chunk(self, x: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, GruStepCache]:
         """Runs the GRU without autograd and keeps what e-prop needs.
 
@@ -113,23 +122,19 @@ class StopGradientGRU(nn.Module):
         """
         hidden = self.hidden_size
         steps = x.shape[0]
-        gates_i = torch.addmm(self.bias_ih, x, self.weight_ih.T)
-        states = x.new_empty(steps, hidden)
-        h_prev = x.new_empty(steps, hidden)
-        gate_r = x.new_empty(steps, hidden)
-        gate_z = x.new_empty(steps, hidden)
+        gates_i = torch.addmm(self.bias_ih, x, self.weight_ih.T)  # (C, 3H): the input side, all steps at once
+        recurrent = x.new_empty(steps, 3 * hidden)  # W_hh h_{t-1} + b_hh
+        gate_rz = x.new_empty(steps, 2 * hidden)
         gate_n = x.new_empty(steps, hidden)
-        recurrent_n = x.new_empty(steps, hidden)
-        h = h0
-        for t in range(steps):
-            gates_h = torch.addmv(self.bias_hh, self.weight_hh, h)
-            r = torch.sigmoid(gates_i[t, :hidden] + gates_h[:hidden])
-            z = torch.sigmoid(gates_i[t, hidden : 2 * hidden] + gates_h[hidden : 2 * hidden])
-            n = torch.tanh(gates_i[t, 2 * hidden :] + r * gates_h[2 * hidden :])
-            h_prev[t] = h
-            h = n + z * (h - n)
-            states[t] = h
-            gate_r[t], gate_z[t], gate_n[t], recurrent_n[t] = r, z, n, gates_h[2 * hidden :]
+        h = x.new_empty(steps + 1, hidden)  # h[t] = h_{t-1}
+        h[0] = h0
+        for t in range(steps):  # few, in-place operations per step: the loop is the GRU's cost
+            torch.addmv(self.bias_hh, self.weight_hh, h[t], out=recurrent[t])
+            torch.sigmoid_(torch.add(gates_i[t, : 2 * hidden], recurrent[t, : 2 * hidden], out=gate_rz[t]))
+            torch.tanh_(torch.addcmul(gates_i[t, 2 * hidden :], gate_rz[t, :hidden], recurrent[t, 2 * hidden :], out=gate_n[t]))
+            torch.addcmul(gate_n[t], gate_rz[t, hidden:], h[t] - gate_n[t], out=h[t + 1])  # n + z * (h - n)
+        h_prev, states = h[:-1], h[1:]
+        gate_r, gate_z, recurrent_n = gate_rz[:, :hidden], gate_rz[:, hidden:], recurrent[:, 2 * hidden :]
         psi_n = (1 - gate_z) * (1 - gate_n * gate_n)
         psi_z = (h_prev - gate_n) * gate_z * (1 - gate_z)
         psi_r = psi_n * recurrent_n * gate_r * (1 - gate_r)

@@ -11,39 +11,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from online_gim.adam import Adam
 from online_gim.config import LearnerConfig
 from online_gim.conv import ConvModule
 from online_gim.eprop import EligibilityTraces, StopGradientGRU
 from online_gim.input_norm import InputNormalizer
 from online_gim.local_update import LocalStage, ModuleSchedule, apply_local_loss, module_report, step_optimizer
-from online_gim.losses import LossParts
+from online_gim.losses import LossParts, product_dtype
 from online_gim.memory import NegativeMemory
 from online_gim.objective import WindowPool
 from online_gim.probes import OnlineProbes
 from online_gim.report import ModuleReport, ProbeReadout, StepReport
 from streams.window import FRAME_SAMPLES, AudioWindow
-
-
-class _LossTotals:
-    """Accumulates weighted loss parts over the chunks of one window."""
-
-    def __init__(self) -> None:
-        self.loss = self.loss_pos = self.loss_neg = self.active = 0.0
-        self.chance = float("nan")
-        self.count = 0
-
-    def add(self, parts: LossParts, weight: float) -> None:
-        self.loss += float(parts.loss.detach()) * weight
-        self.loss_pos += parts.loss_pos * weight
-        self.loss_neg += parts.loss_neg * weight
-        self.active += parts.active_fraction * weight
-        self.chance = parts.chance
-        self.count += 1
-
-    def parts(self) -> LossParts | None:
-        if not self.count:
-            return None
-        return LossParts(torch.tensor(self.loss), self.loss_pos, self.loss_neg, self.active, self.chance)
 
 
 @dataclass
@@ -100,10 +79,13 @@ class OnlineLearner:
             local_samples=round(config.input_gain_ms * 16) if config.input_gain == "local" else None,
             local_floor=config.input_gain_floor,
         )
+        self.product_dtype = product_dtype(config.precision)
         self.stages: list[LocalStage] = []
         in_channels, stride = 1, 1
         for index, layer in enumerate(config.encoder.convs):
-            module = ConvModule(in_channels, layer, norm=config.encoder.norm, momentum=config.encoder.norm_momentum)
+            module = ConvModule(
+                in_channels, layer, norm=config.encoder.norm, momentum=config.encoder.norm_momentum, product_dtype=self.product_dtype
+            )
             stride *= layer.stride
             memory = NegativeMemory(
                 layer.channels, config.memory, exclusion_samples=self._exclusion_frames * stride, seed=config.seed + index
@@ -125,7 +107,7 @@ class OnlineLearner:
         if config.mode == "e2e":
             parameters = [p for stage in self.stages for p in stage.module.parameters()]
             parameters += list(self.stages[-1].head.parameters())
-            self._e2e_optimizer = torch.optim.Adam(parameters, lr=config.optim.lr, fused=True)
+            self._e2e_optimizer = Adam(parameters, lr=config.optim.lr, moments=config.optim.moments)
         self.steps = 0
         self.updates = 0
         self.replayed = 0
@@ -142,7 +124,7 @@ class OnlineLearner:
         return LocalStage.build(
             module, context_dim=context_dim, target_dim=target_dim, memory=memory, stride=stride,
             loss=self.config.loss, memory_config=self.config.memory, optim=self.config.optim, generator=self._generator,
-            exclusion=self._exclusion_frames,
+            product_dtype=self.product_dtype, exclusion=self._exclusion_frames,
         )
 
     @property
@@ -155,7 +137,7 @@ class OnlineLearner:
         return [stage.memory for stage in self.stages]
 
     @property
-    def optimizers(self) -> list[torch.optim.Optimizer]:
+    def optimizers(self) -> list[Adam]:
         """Every optimiser the learner holds: one per module, and the end-to-end one in ``e2e`` mode."""
         e2e = [self._e2e_optimizer] if self.config.mode == "e2e" else []
         return [stage.optimizer for stage in self.stages] + e2e
@@ -270,11 +252,11 @@ class OnlineLearner:
             started = time.perf_counter()
             if isinstance(stage.module, ConvModule):
                 with torch.no_grad():
-                    y = stage.module.forward_window(h, update_statistics=True)
+                    y, conv = stage.module.forward_window_keeping_conv(h, update_statistics=True)
                 frames = y[0].T  # (T, C)
                 if not context.replay:
                     self._remember(stage, frames, context)
-                parts = self._update_conv(stage, h, frames, context) if index in scheduled else None
+                parts = self._update_conv(stage, h, conv, frames, context) if index in scheduled else None
                 h = y
             else:
                 frames, parts = self._run_gru(stage, h[0].T, context, learn=index in scheduled)
@@ -313,18 +295,19 @@ class OnlineLearner:
         """Back-propagates a local loss within the stage and steps its optimiser."""
         return apply_local_loss(stage.optimizer, parts, self.config.optim.grad_clip)
 
-    def _step_optimizer(self, optimizer: torch.optim.Optimizer) -> bool:
+    def _step_optimizer(self, optimizer: Adam) -> bool:
         """Clips the gradient norm and steps, unless the gradient is not finite. Returns whether it stepped."""
         return step_optimizer(optimizer, self.config.optim.grad_clip)
 
     def _update_conv(
-        self, stage: LocalStage, inputs: torch.Tensor, frames: torch.Tensor, context: _WindowContext
+        self, stage: LocalStage, inputs: torch.Tensor, conv: torch.Tensor, frames: torch.Tensor, context: _WindowContext
     ) -> LossParts | None:
-        """Scores a random run of the window's ``(T, C)`` output ``frames`` (recomputed with
-        gradient from ``inputs``) and steps the module's optimiser."""
-        first, count = self._anchors(frames.shape[0])
+        """Scores a random sub-window of a conv module's frames and updates it. ``conv``: the
+        window pass' ``(1, C, T)`` conv output, reused by the recompute; ``frames``: its ``(T, C)``
+        output (window negatives)."""
+        first, count = self._anchors(conv.shape[2])
         steps = self.config.loss.prediction_steps
-        recomputed = stage.module.forward_frames(inputs, first, first + count + steps)[0].T  # (count + K, C)
+        recomputed = stage.module.forward_frames(inputs, first, first + count + steps, conv=conv)[0].T  # (count + K, C)
         anchors = torch.arange(count)
         positions = context.window.start_sample + (first + anchors.numpy()) * stage.stride
         pool = WindowPool(frames, anchors + first)
@@ -354,43 +337,40 @@ class OnlineLearner:
     def _run_eprop(
         self, stage: LocalStage, inputs: torch.Tensor, context: _WindowContext, *, learn: bool
     ) -> tuple[torch.Tensor, LossParts | None]:
-        """E-prop: chunk by chunk, forward the GRU, score the chunk's anchors (their targets
-        ``z_{t+k}`` are known inputs), and turn ``dLoss/dh_t`` into weight gradients through the
-        eligibility traces. The traces advance on every window (they are the sensitivities of
-        the hidden state), also when the GRU is not scheduled to learn. No activation history
-        beyond one chunk is kept."""
+        """E-prop: forward the GRU over the window chunk by chunk, score all anchors at once (their
+        targets ``z_{t+k}`` are known inputs, and a score depends on its own state ``h_t`` only),
+        and turn ``dLoss/dh_t`` into weight gradients through the eligibility traces, chunk by
+        chunk. The traces advance on every window (they are the sensitivities of the hidden
+        state), also when the GRU is not scheduled to learn. What is kept is the window's chunk
+        caches (``O(T * (D + H))``, the size of the window's input); no BPTT graph."""
         gru, traces = self.gru, self.traces
         assert isinstance(gru, StopGradientGRU) and traces is not None
-        frames = inputs.shape[0]
+        frames, chunk = inputs.shape[0], self.config.encoder.eprop_chunk
         scored = frames - self.config.loss.prediction_steps
-        outputs: list[torch.Tensor] = []
-        totals = _LossTotals()
-        traces.zero_grads()
-        for first in range(0, frames, self.config.encoder.eprop_chunk):
-            states, cache = gru.run_chunk(inputs[first : first + self.config.encoder.eprop_chunk], self.hidden)
+        outputs, caches = [], []
+        for first in range(0, frames, chunk):
+            states, cache = gru.run_chunk(inputs[first : first + chunk], self.hidden)
             self.hidden = states[-1]
             outputs.append(states)
-            signal = torch.zeros_like(states)
-            anchors = torch.arange(first, min(first + states.shape[0], scored))
-            if learn and len(anchors):
-                leaf = states.clone().requires_grad_(True)
-                positions = context.window.start_sample + anchors.numpy() * stage.stride
-                parts = stage.objective(
-                    leaf[anchors - first], inputs, anchors, positions, source_id=context.window.source_id,
-                    pool=WindowPool(inputs, anchors),
-                )
-                if parts is None:
-                    learn = False
-                else:
-                    weight = len(anchors) / scored  # the window's loss is the mean over all anchors
-                    (parts.loss * weight).backward()
-                    totals.add(parts, weight)
-                    signal = leaf.grad
-            traces.update(cache, signal)
+            caches.append(cache)
         states = torch.cat(outputs)
-        parts = totals.parts() if learn else None
+        signal = torch.zeros_like(states)
+        parts = None
+        if learn and scored > 0:
+            leaf = states.clone().requires_grad_(True)
+            anchors = torch.arange(scored)
+            positions = context.window.start_sample + anchors.numpy() * stage.stride
+            parts = stage.objective(
+                leaf[:scored], inputs, anchors, positions, source_id=context.window.source_id, pool=WindowPool(inputs, anchors)
+            )
+            if parts is not None:
+                parts.loss.backward()
+                signal = leaf.grad
+        traces.zero_grads()
+        for first, cache in zip(range(0, frames, chunk), caches):
+            traces.update(cache, signal[first : first + chunk])
         if parts is None or not bool(torch.isfinite(parts.loss)):
-            stage.optimizer.zero_grad(set_to_none=True)
+            stage.optimizer.zero_grad()
             return states, parts
         for parameter, grad in zip((gru.weight_ih, gru.weight_hh, gru.bias_ih, gru.bias_hh), traces.grads):
             parameter.grad = grad.clone()
@@ -429,7 +409,7 @@ class OnlineLearner:
         if parts is not None and bool(torch.isfinite(parts.loss)):
             parts.loss.backward()
             updated = self._step_optimizer(self._e2e_optimizer)
-        self._e2e_optimizer.zero_grad(set_to_none=True)
+        self._e2e_optimizer.zero_grad()
         embeddings = [o.detach() for o in outputs]
         reports = [
             self._module_report(index, parts if index == len(embeddings) - 1 and updated else None, frames, started)
@@ -458,10 +438,9 @@ class OnlineLearner:
         for stage in self.stages:
             if isinstance(stage.module, ConvModule):
                 h = stage.module.forward_window(h, update_statistics=False)
-                outputs.append(h[0].T.clone())
+                outputs.append(h[0].T)  # a view: nothing writes into h
             elif isinstance(stage.module, StopGradientGRU):
-                states, _ = stage.module.run_chunk(h[0].T, torch.zeros(stage.module.hidden_size))
-                outputs.append(states)
+                outputs.append(stage.module.run(h[0].T, torch.zeros(stage.module.hidden_size)))
             else:
                 states, _ = stage.module(h[0].T[:, None, :])
                 outputs.append(states[:, 0])

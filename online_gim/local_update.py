@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from online_gim.adam import Adam
 from online_gim.config import LossConfig, MemoryConfig, OptimConfig
 from online_gim.losses import LossParts, PredictionHead
 from online_gim.memory import NegativeMemory
@@ -36,7 +37,7 @@ class LocalStage:
     head: PredictionHead
     memory: NegativeMemory
     objective: LocalObjective
-    optimizer: torch.optim.Optimizer
+    optimizer: Adam
     stride: int
 
     @classmethod
@@ -52,15 +53,19 @@ class LocalStage:
         memory_config: MemoryConfig,
         optim: OptimConfig,
         generator: torch.Generator,
+        product_dtype: torch.dtype = torch.float32,
         exclusion: int = 0,
     ) -> LocalStage:
-        """A stage whose head predicts ``target_dim`` targets from ``context_dim`` contexts; one Adam
-        optimiser (``optim.lr``, torch's fused kernel: about twice as fast as the default on CPU)
-        over the module's and the head's parameters. ``exclusion``: frames around an anchor that
-        never give a window negative (:class:`~online_gim.objective.LocalObjective`)."""
-        head = PredictionHead(context_dim, target_dim, loss.prediction_steps, split=loss.split_prediction, generator=generator)
+        """A stage whose head predicts ``target_dim`` targets from ``context_dim`` contexts (its
+        products in ``product_dtype``); one Adam optimiser (``optim.lr``, moments stored as
+        ``optim.moments``) over the module's and the head's parameters. ``exclusion``: frames
+        around an anchor that never give a window negative (:class:`~online_gim.objective.LocalObjective`)."""
+        head = PredictionHead(
+            context_dim, target_dim, loss.prediction_steps, split=loss.split_prediction, generator=generator,
+            product_dtype=product_dtype,
+        )
         objective = LocalObjective(loss, memory_config, head, memory, generator, exclusion=exclusion)
-        optimizer = torch.optim.Adam([*module.parameters(), *head.parameters()], lr=optim.lr, fused=True)
+        optimizer = Adam([*module.parameters(), *head.parameters()], lr=optim.lr, moments=optim.moments)
         return cls(module, head, memory, objective, optimizer, stride)
 
 
@@ -104,23 +109,23 @@ class ModuleSchedule:
         return chosen
 
 
-def step_optimizer(optimizer: torch.optim.Optimizer, grad_clip: float) -> bool:
+def step_optimizer(optimizer: Adam, grad_clip: float) -> bool:
     """Clips the gradient norm to ``grad_clip`` and steps, unless the gradient is not finite (then
     the weights stay as they are); the gradients are cleared either way. Returns whether it stepped."""
-    parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    parameters = [p for p in optimizer.params if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
     finite = bool(torch.isfinite(norm))
     if finite:
         optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad()
     return finite
 
 
-def apply_local_loss(optimizer: torch.optim.Optimizer, parts: LossParts | None, grad_clip: float) -> LossParts | None:
+def apply_local_loss(optimizer: Adam, parts: LossParts | None, grad_clip: float) -> LossParts | None:
     """Back-propagates a module's local loss (its graph stays inside the module) and steps its
     optimiser; a missing or non-finite loss changes nothing. Returns ``parts``."""
     if parts is None or not bool(torch.isfinite(parts.loss)):
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         return parts
     parts.loss.backward()
     step_optimizer(optimizer, grad_clip)

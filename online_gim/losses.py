@@ -49,11 +49,23 @@ class PredictionHead(nn.Module):
         steps: K.
         split: keep two independent matrices (no weight transport).
         generator: seeds the orthogonal initialisation.
+        product_dtype: the number type of ``W_k c`` and of its two gradient products
+            (``torch.bfloat16``: inputs rounded to bfloat16, sums in float32, result float32).
     """
 
-    def __init__(self, context_dim: int, target_dim: int, steps: int, *, split: bool, generator: torch.Generator) -> None:
+    def __init__(
+        self,
+        context_dim: int,
+        target_dim: int,
+        steps: int,
+        *,
+        split: bool,
+        generator: torch.Generator,
+        product_dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
         self.steps = steps
+        self.product_dtype = product_dtype
         self.target_dim = target_dim
         self.scale = 1.0 / math.sqrt(target_dim)
         self.weight_z = nn.Parameter(self._orthogonal(context_dim, target_dim, steps, generator))
@@ -73,7 +85,27 @@ class PredictionHead(nn.Module):
         ``side`` selects the matrix under ``split`` (``z`` or ``c``).
         """
         weight = self.weight_c if side == "c" and self.weight_c is not None else self.weight_z
-        return (context @ weight).view(context.shape[0], self.steps, self.target_dim) * self.scale
+        if self.product_dtype != weight.dtype:
+            product = (context.to(self.product_dtype) @ weight.to(self.product_dtype)).to(weight.dtype)
+        else:
+            product = context @ weight
+        return product.view(context.shape[0], self.steps, self.target_dim) * self.scale
+
+
+def product_dtype(precision: str) -> torch.dtype:
+    """The number type of products for ``LearnerConfig.precision`` on this CPU (``auto``: bfloat16
+    where oneDNN multiplies it natively)."""
+    if precision == "auto":
+        return torch.bfloat16 if bfloat16_is_native() else torch.float32
+    return torch.bfloat16 if precision == "bfloat16" else torch.float32
+
+
+def bfloat16_is_native() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (oneDNN's check: AVX-512 BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def gather_positives(targets: torch.Tensor, anchors: torch.Tensor, steps: int) -> torch.Tensor:

@@ -215,10 +215,11 @@ class NegativeMemory:
             ]
 
     def state_dict(self) -> dict[str, object]:
-        """Everything needed to restore the memory; the index in FAISS' own serialisation."""
+        """Everything needed to restore the memory; the encodings as a ``(n, dim)`` float32 array
+        (what the checkpoint codec stores packed), in the index' order."""
         with self._lock:
             return {
-                "index": faiss.serialize_index(self.index),
+                "vectors": self.index.reconstruct_n(0, len(self)) if len(self) else np.zeros((0, self.dim), np.float32),
                 "positions": self.positions.copy(),
                 "sources": self.sources.copy(),
                 "steps": self.steps.copy(),
@@ -229,7 +230,13 @@ class NegativeMemory:
             }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        index = faiss.deserialize_index(np.asarray(state["index"], dtype=np.uint8))
+        """Restores :meth:`state_dict`'s output (or that of earlier versions: FAISS' serialised ``index``)."""
+        if "index" in state:
+            index = faiss.deserialize_index(np.asarray(state["index"], dtype=np.uint8))
+        else:
+            vectors = np.ascontiguousarray(state["vectors"], dtype=np.float32)
+            index = faiss.IndexFlatIP(vectors.shape[1] if vectors.ndim == 2 else self.dim)
+            index.add(vectors.reshape(-1, index.d))
         if index.d != self.dim:
             raise ValueError(f"memory dimension {index.d} does not match the module's {self.dim}")
         speakers = np.empty(len(state["speakers"]), dtype=object)

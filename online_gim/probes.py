@@ -27,7 +27,8 @@ paddings by :func:`frame_grids`). A module coarser than 10 ms (a custom stack) i
 
 Example:
     >>> import torch
-    >>> from online_gim.config import EncoderConfig, ProbeConfig
+    >>> from online_gim.adam import Adam
+from online_gim.config import EncoderConfig, ProbeConfig
     >>> from streams.window import AudioWindow
     >>> probes = OnlineProbes(ProbeConfig(), EncoderConfig())
     >>> window = AudioWindow(torch.zeros(20480), phones=np.zeros(128, dtype=np.int16))
@@ -47,6 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from online_gim.adam import Adam
 from online_gim.config import EncoderConfig, ProbeConfig
 from online_gim.report import ProbeReadout
 from streams.window import FRAME_SAMPLES, UNKNOWN_LABEL, AudioWindow
@@ -216,7 +218,7 @@ class LinearProbe:
         self.lr = lr
         self.weight = torch.zeros(classes, features, requires_grad=True)
         self.bias = torch.zeros(classes, requires_grad=True)
-        self._optimizer = torch.optim.Adam([self.weight, self.bias], lr=lr)
+        self._optimizer = Adam([self.weight, self.bias], lr=lr)
 
     @property
     def classes(self) -> int:
@@ -232,10 +234,10 @@ class LinearProbe:
         if x.shape[0] == 0:
             return self
         loss = F.cross_entropy(x @ self.weight.T + self.bias, y)
-        self._optimizer.zero_grad(set_to_none=True)
+        self._optimizer.zero_grad()
         loss.backward()
         self._optimizer.step()
-        self._optimizer.zero_grad(set_to_none=True)
+        self._optimizer.zero_grad()
         return self
 
     def grow(self, classes: int) -> LinearProbe:
@@ -247,7 +249,7 @@ class LinearProbe:
             weight = torch.cat([self.weight, torch.zeros(extra, self.weight.shape[1])])
             bias = torch.cat([self.bias, torch.zeros(extra)])
         self.weight, self.bias = weight.requires_grad_(True), bias.requires_grad_(True)
-        self._optimizer = torch.optim.Adam([self.weight, self.bias], lr=self.lr)
+        self._optimizer = Adam([self.weight, self.bias], lr=self.lr)
         return self
 
     def state_dict(self) -> dict[str, object]:
@@ -260,7 +262,7 @@ class LinearProbe:
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.weight = state["weight"].clone().requires_grad_(True)
         self.bias = state["bias"].clone().requires_grad_(True)
-        self._optimizer = torch.optim.Adam([self.weight, self.bias], lr=self.lr)
+        self._optimizer = Adam([self.weight, self.bias], lr=self.lr)
         self._optimizer.load_state_dict(state["optimizer"])
 
 

@@ -206,16 +206,17 @@ def test_no_intact_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
 
 
 def test_another_format_version_is_refused_naming_both_versions(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_module, "FORMAT_VERSION", 2)
-    with CheckpointStore(tmp_path) as store:
-        store.save({"n": 1})
+    newer = max(store_module.READABLE_VERSIONS) + 1
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "FORMAT_VERSION", newer)
+        with CheckpointStore(tmp_path) as store:
+            store.save({"n": 1})
     manifest = json.loads((tmp_path / MANIFEST).read_text())
-    monkeypatch.setattr(store_module, "FORMAT_VERSION", 1)
-    with CheckpointStore(tmp_path) as store, pytest.raises(CheckpointIncompatible, match="manifest.json has format version 2; .* reads version 1"):
+    with CheckpointStore(tmp_path) as store, pytest.raises(CheckpointIncompatible, match=f"manifest.json has format version {newer}; .* reads versions 1, 2"):
         store.load_newest()
     manifest["version"] = 1  # an old manifest listing a newer checkpoint: the checkpoint itself is refused
     (tmp_path / MANIFEST).write_text(json.dumps(manifest))
-    with CheckpointStore(tmp_path) as store, pytest.raises(CheckpointIncompatible, match="has format version 2"):
+    with CheckpointStore(tmp_path) as store, pytest.raises(CheckpointIncompatible, match=f"has format version {newer}"):
         store.load_newest()
 
 
@@ -407,3 +408,17 @@ def test_export_and_embed_reproduce_the_learner_features(tmp_path, fault_config,
     assert main(["export", "--state", str(tmp_path / "nothing"), "--out", str(model)]) == 2
     err = capsys.readouterr().err
     assert "missing.wav" in err and "--module must be between 0 and 5" in err and "does not exist" in err
+
+
+def test_large_float_tensors_are_packed_losslessly_and_smaller():
+    """Packing (codec ``$packed``) keeps every bit and stores fewer bytes (the high bytes of
+    weights, moments and ReLU encodings share few values)."""
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.randn(512, 1024, generator=generator) * 0.04
+    tree = {"w": weights, "m": (weights * 1e-3).bfloat16(), "a": np.maximum(weights.numpy(), 0), "i": torch.arange(70000)}
+    tensors, skeleton = encode(tree)
+    back = decode(skeleton, tensors)
+    assert torch.equal(back["w"], tree["w"]) and torch.equal(back["m"], tree["m"]) and np.array_equal(back["a"], tree["a"])
+    assert torch.equal(back["i"], tree["i"])
+    stored = sum(t.numel() * t.element_size() for t in tensors.values())
+    assert stored < 0.9 * sum(t.numel() * t.element_size() for t in (tree["w"], tree["m"], tree["i"])) + tree["a"].nbytes

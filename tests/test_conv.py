@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from online_gim.config import ConvLayerConfig
 from online_gim.conv import ConvModule
@@ -45,7 +46,7 @@ def test_window_norm_differentiates_through_its_statistics_in_the_window_pass_an
     x = torch.randn(1, 1, 4000)
     readout = torch.randn(LAYER.channels, 1)
     whole = module.forward_window(x, update_statistics=True)
-    pre = module.conv(module._pad(x)).detach()
+    pre = module.conv(F.pad(x, (2, 2))).detach()
     instance_norm = (pre - pre.mean(dim=2, keepdim=True)) / pre.std(dim=2, unbiased=False, keepdim=True)
     assert torch.allclose(whole, torch.relu(instance_norm), atol=1e-4)
 
@@ -62,8 +63,33 @@ def test_window_norm_differentiates_through_its_statistics_in_the_window_pass_an
     assert torch.allclose(part, whole[..., 100:240].detach(), atol=1e-5)
     weight_part, bias_part = gradients(part)
     assert bias_part.abs().max() < 1e-4 * weight_part.abs().max() and weight_part.abs().max() > 0
-    constant = torch.relu((module.conv(module._pad(x)[..., 500 : 239 * 5 + 10]) - module.running_mean[:, None])
+    constant = torch.relu((module.conv(F.pad(x, (2, 2))[..., 500 : 239 * 5 + 10]) - module.running_mean[:, None])
                           * torch.rsqrt(module.running_var[:, None] + 1e-5))
     assert torch.allclose(constant, part.detach(), atol=1e-5)
     _, bias_constant = gradients(constant)
     assert bias_constant.abs().max() > 1e-2 * weight_part.abs().max()
+
+
+@pytest.mark.parametrize("norm", ["window", "time", "none"])
+@pytest.mark.parametrize(("first", "stop"), [(0, 40), (37, 120), (700, 799)])
+def test_recompute_reusing_the_window_conv_has_the_recomputes_values_and_gradients(norm: str, first: int, stop: int) -> None:
+    """``forward_frames(conv=...)`` takes the frames from the window pass instead of convolving the
+    slice again: the same output and the same weight and bias gradients, at the window's edges too."""
+    torch.manual_seed(0)
+    module = ConvModule(3, LAYER, norm=norm, momentum=0.05)
+    x = torch.randn(1, 3, 4000)
+    with torch.no_grad():
+        whole, conv = module.forward_window_keeping_conv(x, update_statistics=True)
+    readout = torch.randn(LAYER.channels, stop - first)
+
+    def output_and_gradients(**kwargs: torch.Tensor) -> list[torch.Tensor]:
+        module.zero_grad()
+        output = module.forward_frames(x, first, stop, **kwargs)
+        (output[0] * readout).sum().backward()
+        return [output.detach(), module.conv.weight.grad.clone(), module.conv.bias.grad.clone()]
+
+    recomputed, reused = output_and_gradients(), output_and_gradients(conv=conv)
+    assert torch.allclose(reused[0], whole[..., first:stop], atol=1e-5)
+    for a, b in zip(recomputed, reused):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max()))
+    assert reused[1].abs().max() > 0

@@ -84,3 +84,18 @@ def test_state_round_trip_and_nearest() -> None:
     query = torch.ones(4)
     assert [h.stream_seconds for h in restored.nearest(query, 5)] == [h.stream_seconds for h in memory.nearest(query, 5)]
     assert memory.nearest(query, 1)[0].stream_seconds == 590 / 16000  # largest position has the largest product
+
+
+def test_state_of_earlier_versions_with_a_serialised_faiss_index_still_loads() -> None:
+    import faiss
+
+    memory = _memory(capacity=100)
+    _fill(memory, 3)
+    state = memory.state_dict()
+    assert state["vectors"].shape == (len(memory), memory.dim)
+    old = {key: value for key, value in state.items() if key != "vectors"}
+    old["index"] = faiss.serialize_index(memory.index)
+    restored = _memory(capacity=100)
+    restored.load_state_dict(old)
+    query = torch.ones(4)
+    assert [h.stream_seconds for h in restored.nearest(query, 5)] == [h.stream_seconds for h in memory.nearest(query, 5)]

@@ -196,15 +196,12 @@ def test_silence_labels_are_quiet_and_phone_labels_loud(synth_corpus_dir):
 
 
 def _mfcc_frames(path: Path, n_labels: int) -> torch.Tensor:
-    import torchaudio
+    from online_gim.evaluation.mfcc import Mfcc, deltas
 
     audio, _ = sf.read(str(path), dtype="float32")
-    transform = torchaudio.transforms.MFCC(
-        16000, n_mfcc=13, melkwargs=dict(n_fft=400, win_length=400, hop_length=160, n_mels=40, center=True)
-    )
-    mfcc = transform(torch.from_numpy(audio))
-    delta = torchaudio.functional.compute_deltas(mfcc)
-    features = torch.cat([mfcc, delta, torchaudio.functional.compute_deltas(delta)]).T
+    mfcc = Mfcc(sample_rate=16000, coefficients=13, n_fft=400, hop=160, mels=40)(torch.from_numpy(audio))
+    delta = deltas(mfcc)
+    features = torch.cat([mfcc, delta, deltas(delta)]).T
     # label i covers samples N - (n_labels - i) * 160 ... (aligned to the end); MFCC frame f
     # (center=True) is centred on sample 160 f: take the frame nearest to each label's centre
     centres = len(audio) - (n_labels - torch.arange(n_labels)) * 160 + 80

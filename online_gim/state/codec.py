@@ -15,6 +15,11 @@ Skeleton tags (a one-key object whose key starts with ``$``)::
     {"$tuple": [...]}    a tuple
     {"$map": [[k, v]]}   a dict whose keys are not all plain strings (e.g. optimiser state ids)
     {"$float": "nan"}    a non-finite float ("nan", "inf", "-inf")
+    {"$packed": {...}}   a large float tensor or array, stored losslessly in two parts: the byte that
+                         holds its sign and high exponent bits, zlib-compressed (weights, Adam
+                         moments and encodings share few exponents: it shrinks to about a third),
+                         and its other bytes as they are. About 15 % off a float32 tensor, 25 % off
+                         a bfloat16 one; the bits read back exactly.
 
 Example:
     >>> import numpy as np, torch
@@ -28,13 +33,20 @@ Example:
 from __future__ import annotations
 
 import math
+import sys
+import zlib
 from typing import Any
 
 import numpy as np
 import torch
 
-TENSOR, NDARRAY, TUPLE, MAP, FLOAT = "$tensor", "$ndarray", "$tuple", "$map", "$float"
-_TAGS = (TENSOR, NDARRAY, TUPLE, MAP, FLOAT)
+TENSOR, NDARRAY, TUPLE, MAP, FLOAT, PACKED = "$tensor", "$ndarray", "$tuple", "$map", "$float", "$packed"
+_TAGS = (TENSOR, NDARRAY, TUPLE, MAP, FLOAT, PACKED)
+
+PACK_MIN_ELEMENTS = 1 << 16
+"""Float tensors and arrays from this size on are stored packed (``$packed``)."""
+
+_PACKED_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 def encode(tree: Any) -> tuple[dict[str, torch.Tensor], Any]:
@@ -54,17 +66,29 @@ def encode(tree: Any) -> tuple[dict[str, torch.Tensor], Any]:
         tensors[name] = tensor.detach().cpu().contiguous()
         return name
 
+    def packed(tensor: torch.Tensor, kind: str) -> dict[str, Any] | None:
+        """The ``$packed`` tag of a large float tensor (``kind``: ``tensor`` or ``ndarray``), else ``None``."""
+        if tensor.dtype not in _PACKED_DTYPES or tensor.numel() < PACK_MIN_ELEMENTS or sys.byteorder != "little":
+            return None
+        planes = tensor.detach().cpu().contiguous().view(torch.uint8).view(-1, tensor.element_size())
+        high = zlib.compress(planes[:, -1].numpy().tobytes(), 1)
+        return {PACKED: {
+            "kind": kind, "dtype": _PACKED_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+            "high": store(torch.frombuffer(bytearray(high), dtype=torch.uint8)), "low": store(planes[:, :-1]),
+        }}
+
     def walk(value: Any, path: str) -> Any:
         if value is None or isinstance(value, (bool, int, str)):
             return value
         if isinstance(value, float):
             return value if math.isfinite(value) else {FLOAT: repr(value)}
         if isinstance(value, torch.Tensor):
-            return {TENSOR: store(value)}
+            return packed(value, "tensor") or {TENSOR: store(value)}
         if isinstance(value, np.ndarray):
             if value.dtype == object:
                 raise TypeError(f"cannot store a numpy array of Python objects at {path or '/'}")
-            return {NDARRAY: store(torch.from_numpy(np.ascontiguousarray(value)))}
+            array = torch.from_numpy(np.ascontiguousarray(value))
+            return packed(array, "ndarray") or {NDARRAY: store(array)}
         if isinstance(value, list):
             return [walk(item, f"{path}/{i}") for i, item in enumerate(value)]
         if isinstance(value, tuple):
@@ -90,6 +114,17 @@ def decode(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
             raise ValueError(f"the state refers to a missing tensor {name!r}")
         return tensors[name]
 
+    def unpack(body: Any) -> Any:
+        try:
+            dtype = {name: dtype for dtype, name in _PACKED_DTYPES.items()}[body["dtype"]]
+            low = tensor(body["low"])
+            high = torch.frombuffer(bytearray(zlib.decompress(tensor(body["high"]).numpy().tobytes())), dtype=torch.uint8)
+            planes = torch.cat([low, high[:, None]], dim=1)
+            value = planes.view(-1).view(dtype).view(body["shape"])
+        except (KeyError, TypeError, RuntimeError, zlib.error) as error:
+            raise ValueError(f"malformed packed tensor ({error})") from None
+        return value.numpy() if body["kind"] == "ndarray" else value
+
     def walk(value: Any) -> Any:
         if isinstance(value, list):
             return [walk(item) for item in value]
@@ -105,6 +140,8 @@ def decode(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
                 return tuple(walk(item) for item in body)
             if tag == MAP:
                 return {walk(key): walk(item) for key, item in body}
+            if tag == PACKED:
+                return unpack(body)
             if body not in ("nan", "inf", "-inf"):
                 raise ValueError(f"malformed float tag {body!r}")
             return float(body)

@@ -54,8 +54,12 @@ from online_gim.state.codec import decode, encode
 log = logging.getLogger(__name__)
 
 FORMAT = "online-gim-checkpoint"
-FORMAT_VERSION = 1
-"""Version of the checkpoint and manifest format; a different one is refused on load."""
+FORMAT_VERSION = 2
+"""Version of the checkpoint and manifest format written (2: large float tensors packed, see
+:mod:`.codec`)."""
+
+READABLE_VERSIONS = (1, 2)
+"""Versions read; another one is refused on load."""
 
 MANIFEST = "manifest.json"
 LOCK = "lock"
@@ -165,9 +169,9 @@ class CheckpointStore:
             if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
                 raise ValueError("not an online-gim manifest")
             version = manifest.get("version")
-            if version != FORMAT_VERSION:
+            if version not in READABLE_VERSIONS:
                 raise CheckpointIncompatible(
-                    f"{path} has format version {version}; this online-gim reads version {FORMAT_VERSION}"
+                    f"{path} has format version {version}; this online-gim reads versions {_readable()}"
                 )
             return [CheckpointEntry(**item) for item in manifest["checkpoints"]]
         except FileNotFoundError:
@@ -302,15 +306,19 @@ class CheckpointStore:
             raise CheckpointError(f"checkpoint {path} is not a checkpoint file ({error})") from None
         if metadata.get("format") != FORMAT:
             raise CheckpointError(f"checkpoint {path} is not an online-gim checkpoint")
-        if metadata.get("version") != str(FORMAT_VERSION):
+        if metadata.get("version") not in {str(v) for v in READABLE_VERSIONS}:
             raise CheckpointIncompatible(
                 f"checkpoint {path} has format version {metadata.get('version')}; "
-                f"this online-gim reads version {FORMAT_VERSION}"
+                f"this online-gim reads versions {_readable()}"
             )
         try:
             return decode(json.loads(metadata["state"]), safetensors.torch.load(data))
         except (ValueError, KeyError, TypeError, safetensors.SafetensorError) as error:
             raise CheckpointError(f"checkpoint {path} cannot be decoded ({error})") from None
+
+
+def _readable() -> str:
+    return ", ".join(str(v) for v in READABLE_VERSIONS)
 
 
 def _metadata(data: bytes) -> dict[str, str]:

@@ -115,7 +115,7 @@ class VideoLearnerConfig(_Strict):
     encoder: VideoEncoderConfig = VideoEncoderConfig()
     loss: LossConfig = LossConfig(prediction_steps=4)
     memory: MemoryConfig = MemoryConfig(capacity=1024, writes_per_window=16)
-    optim: OptimConfig = OptimConfig(lr=5e-4)
+    optim: OptimConfig = OptimConfig(lr=5e-4, moments="float32")
     decorrelation: DecorrelationConfig = DecorrelationConfig()
 
     @model_validator(mode="before")

@@ -4,6 +4,7 @@ Examples::
 
     online-gim bench --json                  # one JSON object on stdout (`make bench`)
     online-gim bench --threads 1             # a table; torch limited to one intra-op thread
+    online-gim bench --json --reference REF --listen-root ../shared/data/speechocean762-dev/LibriSpeech
 
 What each key means: ``docs/bench.md``; the measurements: :mod:`online_gim.bench`.
 """
@@ -12,12 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from services.cli import CliError
 
 DEFAULT_WINDOWS = 10
+DEFAULT_LISTEN_WINDOWS = 60
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +40,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"windows timed per learner (default {DEFAULT_WINDOWS})")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="torch intra-op threads (default: torch's, one per core); see docs/bench.md")
+    parser.add_argument("--reference", type=Path, default=None, metavar="DIR",
+                        help="a prepared snapshot of the published Greedy InfoMax code (docs/bench.md): also time its "
+                        "batch-1 training step and forward pass in this run")
+    parser.add_argument("--listen-root", type=Path, default=None, metavar="DIR",
+                        help="a LibriSpeech-layout tree: also run `listen --speed max` on it and report the learner's "
+                        "real-time factor there (rtf_learn_listen)")
+    parser.add_argument("--listen-windows", type=int, default=DEFAULT_LISTEN_WINDOWS, metavar="N",
+                        help=f"windows of that listen run (default {DEFAULT_LISTEN_WINDOWS})")
     parser.set_defaults(func=run_bench_command)
 
 
@@ -43,6 +56,12 @@ def run_bench_command(args: argparse.Namespace) -> int:
         raise CliError("--windows must be at least 1")
     if args.threads is not None and args.threads < 1:
         raise CliError("--threads must be at least 1")
+    if args.reference is not None and not (args.reference / "GreedyInfoMax").is_dir():
+        raise CliError(f"--reference {args.reference} holds no GreedyInfoMax package (see docs/bench.md)")
+    if args.listen_root is not None and not args.listen_root.is_dir():
+        raise CliError(f"--listen-root {args.listen_root} is not a folder")
+    if args.listen_windows < 1:
+        raise CliError("--listen-windows must be at least 1")
 
     import torch
 
@@ -58,12 +77,41 @@ def run_bench_command(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     print("online-gim bench: measuring (about 35 s on two idle cores, minutes on a busy machine) ...", file=sys.stderr)
-    result = run_bench(config, timed_windows=args.windows).to_dict()
+    result = run_bench(config, timed_windows=args.windows, reference=args.reference).to_dict()
+    if args.listen_root is not None:
+        result["rtf_learn_listen"] = listen_rtf(args.listen_root, args.listen_windows, args.config, torch.get_num_threads())
+        result["rtf_ratio_listen_over_bench"] = result["rtf_learn_listen"] / result["rtf_learn"]
     if args.json:
         print(json.dumps(result))
     else:
         _print_table(result)
     return 0
+
+
+def listen_rtf(root: Path, windows: int, config: Path | None, threads: int) -> float:
+    """The learner's real-time factor in a real ``online-gim listen --source librispeech --speed max``
+    run of ``windows`` windows over ``root`` (a fresh process, ``threads`` torch threads): its
+    summary's ``compute_seconds`` (the learner's ``step`` time, every window) over the audio of the
+    windows it learned. A mean, where ``rtf_learn`` is a median; the first windows (memories still
+    filling) weigh little in a run of tens of windows.
+
+    Raises:
+        CliError: the listen run failed.
+    """
+    from online_gim.config import LearnerConfig, load_config
+
+    with tempfile.TemporaryDirectory() as folder:
+        summary = Path(folder) / "summary.json"
+        command = [sys.executable, "-c", "import sys; from services.cli import main; sys.exit(main())", "listen",
+                   "--source", "librispeech", "--root", str(root), "--speed", "max", "--max-windows", str(windows),
+                   "--no-http", "--quiet", "--summary-json", str(summary)]
+        command += ["--config", str(config)] if config is not None else []
+        done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, capture_output=True, text=True, check=False)
+        if done.returncode != 0 or not summary.is_file():
+            raise CliError(f"the listen run for rtf_learn_listen failed: {done.stderr.strip()[-500:]}")
+        run = json.loads(summary.read_text())
+    window_seconds = (load_config(config) if config is not None else LearnerConfig()).window / 16000
+    return run["compute_seconds"] / (run["windows_processed"] * window_seconds)
 
 
 def _print_table(result: dict[str, object]) -> None:

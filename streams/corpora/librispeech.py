@@ -82,8 +82,8 @@ class Utterance:
 def load_audio(path: str | Path) -> np.ndarray:
     """Decodes a whole (utterance-sized) file with soundfile to ``(n,)`` float32, 16 kHz mono.
 
-    Several channels are averaged; another sample rate is resampled with torchaudio (band-limited
-    sinc interpolation). Non-finite samples are passed through unchanged.
+    Several channels are averaged; another sample rate is resampled (:mod:`streams.resample`,
+    band-limited sinc interpolation). Non-finite samples are passed through unchanged.
 
     Raises:
         soundfile.LibsndfileError (a RuntimeError): the file cannot be decoded.
@@ -94,9 +94,10 @@ def load_audio(path: str | Path) -> np.ndarray:
     audio = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if rate != SAMPLE_RATE and audio.shape[0] > 0:
         import torch
-        import torchaudio.functional
 
-        audio = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(audio)), rate, SAMPLE_RATE).numpy()
+        from streams.resample import resample
+
+        audio = resample(torch.from_numpy(np.ascontiguousarray(audio)), rate, SAMPLE_RATE).numpy()
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 

@@ -22,7 +22,7 @@ How it is made (choices written down, as METHOD.md asks):
   over their ranges and dealt to speakers by a seeded permutation, so no two speakers share them.
   Each utterance jitters rate (+-4 %) and pitch (+-3) a little.
 * Audio: espeak-ng output (22050 Hz) -> float -> band-limited resampling to 16 kHz
-  (``torchaudio.functional.resample``, Kaiser-windowed sinc, width 16, rolloff 0.945) -> leading
+  (:mod:`streams.resample`, torchaudio's Kaiser-windowed sinc, width 16, rolloff 0.945) -> leading
   and trailing silence of 0.15-0.45 s -> scaled to the speaker's speech RMS level -> Gaussian noise
   floor of the speaker's level (-66..-54 dBFS) -> 16-bit.
 * Labels: espeak-ng phoneme events give each phoneme's first sample; a phoneme lasts until the
@@ -36,7 +36,7 @@ How it is made (choices written down, as METHOD.md asks):
   samples, less than one frame).
 * Reproducibility: synthesis runs through ``espeak.IsolatedSynthesizer`` (a fresh fork per
   utterance), noise is drawn from ``numpy.random.default_rng((seed, speaker, utterance))``, so the
-  same seed gives byte-identical files with the same espeak-ng, torch/torchaudio and libsndfile;
+  same seed gives byte-identical files with the same espeak-ng, torch and libsndfile;
   worker count and scheduling do not matter.
 """
 
@@ -365,17 +365,14 @@ class _Plan:
 
 def _resampler():  # noqa: ANN202
     import torch
-    import torchaudio.functional as AF
+
+    from streams.resample import resample as sinc_resample
 
     def resample(wave: np.ndarray, rate: int) -> np.ndarray:
         if rate == SAMPLE_RATE:
             return wave.astype(np.float32)
         tensor = torch.from_numpy(wave.astype(np.float32))
-        out = AF.resample(
-            tensor, rate, SAMPLE_RATE, lowpass_filter_width=16, rolloff=0.945,
-            resampling_method="sinc_interp_kaiser", beta=14.769656459379492,
-        )
-        return out.numpy()
+        return sinc_resample(tensor, rate, SAMPLE_RATE, lowpass_filter_width=16, rolloff=0.945, window="kaiser").numpy()
 
     return resample
 

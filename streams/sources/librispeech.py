@@ -4,7 +4,7 @@ Utterances follow each other without gaps (windows cross utterance boundaries; t
 :class:`~streams.window.UtteranceSpan` s of a window say who speaks where), in sorted order or
 shuffled by a seed (a new, reproducible order on every pass when looping). Each utterance is decoded
 with soundfile when its turn comes (one utterance in memory at a time), downmixed to mono and
-resampled to 16 kHz with torchaudio when needed. With a label folder every chunk carries per-sample
+resampled to 16 kHz (:mod:`streams.resample`) when needed. With a label folder every chunk carries per-sample
 phones (``UNKNOWN_LABEL`` for utterances without labels); without one, ``phones`` is ``None``.
 
 Decisions:

@@ -2,8 +2,9 @@
 
 Unlike the pull sources, the microphone is a **push** source: PortAudio calls a callback on its own
 thread with every block of audio, and the callback downmixes it to mono, resamples it from the
-device's native rate to 16 kHz (:class:`StreamingResampler`, torchaudio's sinc kernel applied block
-by block, so the result equals resampling the whole recording at once) and pushes it into the
+device's native rate to 16 kHz (:class:`StreamingResampler`, the sinc kernel of
+:mod:`streams.resample` applied block by block, so the result equals resampling the whole recording
+at once) and pushes it into the
 :class:`~streams.ring_buffer.RingBuffer`, which never blocks (a slow learner loses the oldest audio,
 counted). Input overflows reported by the driver are counted in ``counters.overflows``.
 
@@ -137,43 +138,44 @@ def no_device_message(device: str | int | None, devices: list[dict[str, Any]]) -
 class StreamingResampler:
     """Resamples a stream block by block, exactly as resampling it in one piece would.
 
-    torchaudio's sinc resampler (``lowpass_filter_width=6``, ``rolloff=0.99``, Hann window) maps
+    The sinc resampler of :mod:`streams.resample` (torchaudio's numbers; ``lowpass_filter_width=6``,
+    ``rolloff=0.99``, Hann window) maps
     each group of ``o = orig / g`` input samples (``g = gcd(orig, new)``) to ``n = new / g`` output
     samples through a kernel that reaches ``width`` input samples to either side. This class keeps
     the input that later outputs still need and emits an output group as soon as its whole support
     has arrived, so the output lags the input by about ``width`` samples and, away from the very
-    first samples, equals ``torchaudio.functional.resample`` on the whole signal (to float rounding).
+    first samples, equals :func:`streams.resample.resample` on the whole signal (to float rounding).
 
     Parameters:
         orig_rate: input sample rate in Hz.
         new_rate: output sample rate in Hz (default 16 kHz).
 
     Examples:
-        >>> import numpy as np, torch, torchaudio
+        >>> import numpy as np, torch
+        >>> from streams.resample import resample
         >>> x = np.random.default_rng(0).standard_normal(44100).astype(np.float32)
         >>> r = StreamingResampler(44100)
         >>> y = np.concatenate([r.process(x[i:i + 1000]) for i in range(0, len(x), 1000)])
-        >>> whole = torchaudio.functional.resample(torch.from_numpy(x), 44100, 16000).numpy()
+        >>> whole = resample(torch.from_numpy(x), 44100, 16000).numpy()
         >>> bool(np.allclose(y, whole[:len(y)], atol=1e-4)), len(whole) - len(y)  # 20 ms still in flight
         (True, 320)
     """
 
     def __init__(self, orig_rate: int, new_rate: int = SAMPLE_RATE) -> None:
-        import torchaudio
+        from streams.resample import Resampler
 
         if orig_rate <= 0 or new_rate <= 0:
             raise ValueError(f"sample rates must be positive, got {orig_rate} -> {new_rate}")
         g = math.gcd(int(orig_rate), int(new_rate))
         self.orig_rate, self.new_rate = int(orig_rate), int(new_rate)
         self._o, self._n = self.orig_rate // g, self.new_rate // g
-        self._resample = torchaudio.transforms.Resample(self._o, self._n)  # caches the kernel
-        width = math.ceil(6 * self._o / (min(self._o, self._n) * 0.99))  # torchaudio's kernel reach
-        self._margin = math.ceil(width / self._o) + 1  # input groups needed on each side of an output group
+        self._resample = Resampler(self._o, self._n)  # builds the kernel once
+        self._margin = math.ceil(self._resample.width / self._o) + 1  # input groups needed on each side of an output group
         self.reset()
 
     def reset(self) -> None:
         """Starts a new recording (as if the stream began here, preceded by silence)."""
-        self._buffer = np.zeros(self._margin * self._o, dtype=np.float32)  # = torchaudio's zero padding
+        self._buffer = np.zeros(self._margin * self._o, dtype=np.float32)  # = the resampler's zero padding
         self._first_group = -self._margin  # stream group index of _buffer[0]
         self._next_group = 0  # next output group to emit
 
