@@ -306,7 +306,7 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
             listen_video.print_summary(document)
         if failed:
             print(f"online-gim listen: error: {document['video_error']}", file=sys.stderr)
-        return 1 if failed else 0
+        return state_options.not_saved(args, document) or (1 if failed else 0)
     config, schedule = _learner_config(args)
     if args.hop is not None and not 0 < args.hop <= config.window:
         raise CliError(f"--hop must be between 1 and the window ({config.window})")
@@ -339,7 +339,9 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
             schedule_name=schedule, origin=state.origin if state is not None else 0,
         )
         if state is not None:
-            session.add_observer(state_options.checkpointer(args, state, learner, source=source, hop=session.summary.hop))
+            session.add_observer(
+                state_options.checkpointer(args, state, learner, stop=session.stop, source=source, hop=session.summary.hop)
+            )
         if args.record is not None:
             session.add_observer(_recorder(args.record))
         service, board = _side_service(args, session, learner, config)
@@ -377,8 +379,7 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
             listen_video.print_summary(document)
     if summary.stop_reason == "source_error":
         print(f"online-gim listen: error: {summary.error}", file=sys.stderr)
-        return 1
-    return 0
+    return state_options.not_saved(args, document) or (1 if summary.stop_reason == "source_error" else 0)
 
 
 def _write_summary(args: argparse.Namespace, document: dict[str, Any]) -> None:
@@ -453,6 +454,12 @@ def _print_summary(d: dict[str, Any]) -> None:
             f"online probes (prequential): phones {number(d.get('probe_phone_accuracy'), '.1%')}"
             f"   speakers per window {number(d.get('probe_speaker_accuracy'), '.1%')}"
             f", per frame {number(d.get('probe_speaker_frame_accuracy'), '.1%')}"
+        )
+    if "checkpoints_written" in d:
+        lines.append(
+            f"state: resumed from model step {d['resumed_from_step']}, checkpoints written {d['checkpoints_written']}"
+            f" (failed {d['checkpoints_failed']}), windows not saved {d['windows_not_saved']}"
+            + (f", reset (not finite): {', '.join(d['state_repaired'])}" if d["state_repaired"] else "")
         )
     if d.get("device"):
         dev = d["device"]
