@@ -23,10 +23,15 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+
+from online_gim.input_norm import InputNormalizer
+from online_gim.report import SkipReason
+
+T = TypeVar("T")
 
 
 class NonFiniteState(ValueError):
@@ -50,8 +55,7 @@ def nonfinite_paths(tree: Any, prefix: str = "") -> list[str]:
         prefix: the path of ``tree`` itself.
     """
     if isinstance(tree, torch.Tensor):
-        finite = not tree.is_floating_point() or bool(torch.isfinite(tree.detach()).all())
-        return [] if finite else [prefix]
+        return [] if not tree.is_floating_point() or _finite(tree.detach()) else [prefix]
     if isinstance(tree, np.ndarray):
         finite = not np.issubdtype(tree.dtype, np.floating) or bool(np.isfinite(tree).all())
         return [] if finite else [prefix]
@@ -92,6 +96,12 @@ def replace_parts(tree: dict[str, Any], fresh: dict[str, Any], parts: list[str])
     return tree
 
 
+def _finite(tensor: torch.Tensor) -> bool:
+    """Whether every value of a floating-point tensor is finite. NaN and Inf carry through a sum, so
+    a finite sum proves it in one pass; only a sum that overflows needs the element-wise check."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
 def describe_paths(paths: list[str], *, limit: int = 6) -> str:
     """``paths`` for a sentence: the first ``limit`` of them, then how many more."""
     shown = ", ".join(paths[:limit])
@@ -100,23 +110,25 @@ def describe_paths(paths: list[str], *, limit: int = 6) -> str:
 
 def require_finite(vectors: torch.Tensor, what: str) -> None:
     """Raises :class:`NonFiniteState` unless every value of ``vectors`` is finite (``what`` names them)."""
-    if not bool(torch.isfinite(vectors).all()):
+    if not _finite(vectors):
         raise NonFiniteState(f"{what} are not finite", [what])
 
 
 class StepGuard:
-    """Keeps a learner's volatile state finite across a step: :meth:`begin` copies it,
-    :meth:`verify` raises :class:`NonFiniteState` when the step left any of it (or of the step's
-    outputs) non-finite, and :meth:`rollback` puts the copy back.
+    """Keeps a learner's state finite across its steps.
+
+    :meth:`run` is the learner's step: it refuses a window whose samples cannot be learned from
+    (:meth:`InputNormalizer.refusal`) before anything changes, and runs the step of any other
+    between :meth:`begin`, which copies the volatile state, and :meth:`rollback`, which puts the
+    copy back when the step raised :class:`NonFiniteState`. The step calls :meth:`verify` before
+    each commit that cannot be undone (memory writes, weight updates) and at its end: it raises
+    :class:`NonFiniteState` when the volatile state, or the outputs it is given, are not finite.
 
     Usage (the learner's step)::
 
-        guard.begin()
-        try:
-            ...                                  # learn from the window
-            guard.verify(outputs=embeddings)
-        except NonFiniteState as error:
-            guard.rollback()                     # the volatile state is as before the window
+        outcome = guard.run(samples, lambda: learn(window))   # learn calls guard.verify(...)
+        if isinstance(outcome, SkipReason):
+            ...                                                 # skipped: report and count it
 
     Parameters:
         read: returns the learner's volatile state as a tree that holds its live tensors (not copies).
@@ -129,6 +141,19 @@ class StepGuard:
         self._saved: dict[str, Any] | None = None
         self._initial = copy.deepcopy(read())  # the fresh learner's, for reset()
 
+    def run(self, samples: torch.Tensor, learn: Callable[[], T]) -> T | SkipReason:
+        """``learn()``'s result, or why the window of ``samples`` was skipped: refused before
+        anything changed (its level), or rolled back (``nonfinite_state``)."""
+        refusal = InputNormalizer.refusal(samples)
+        if refusal is not None:
+            return refusal
+        self.begin()
+        try:
+            return learn()
+        except NonFiniteState as error:
+            self.rollback()
+            return SkipReason("nonfinite_state", f"{error}; the learner's state was rolled back")
+
     def begin(self) -> None:
         """Copies the volatile state (tensors are cloned)."""
         self._saved = copy.deepcopy(self._read())
@@ -138,7 +163,7 @@ class StepGuard:
         (a tree of what the step returns, under the path ``outputs``)."""
         paths = nonfinite_paths(self._read()) + nonfinite_paths(outputs, "outputs")
         if paths:
-            raise NonFiniteState(f"the window made {describe_paths(paths)} non-finite", paths)
+            raise NonFiniteState(f"it made {describe_paths(paths)} non-finite", paths)
 
     def rollback(self) -> None:
         """Restores the copy :meth:`begin` took."""

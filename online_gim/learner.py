@@ -13,7 +13,7 @@ from torch import nn
 from online_gim.config import LearnerConfig
 from online_gim.conv import ConvModule
 from online_gim.eprop import EligibilityTraces, StopGradientGRU
-from online_gim.finite import NonFiniteState, StepGuard, repair_loaded_state, repairable_paths
+from online_gim.finite import StepGuard, repair_loaded_state, repairable_paths
 from online_gim.input_norm import InputNormalizer
 from online_gim.local_update import LocalStage, ModuleSchedule, apply_local_loss, module_report, step_optimizer
 from online_gim.losses import LossParts
@@ -182,21 +182,15 @@ class OnlineLearner:
         if self.probes is not None:
             self.probes.check(window)
         self.steps += 1
-        skip = self.input_norm.refusal(samples)
-        if skip is None:
-            scheduled = self._scheduled(modules)
-            self._guard.begin()
-            try:
-                return self._learn(window, scheduled, started)
-            except NonFiniteState as error:
-                self._guard.rollback()
-                skip = SkipReason("nonfinite_state", str(error))
+        outcome = self._guard.run(samples, lambda: self._learn(window, self._scheduled(modules), started))
+        if not isinstance(outcome, SkipReason):
+            return outcome
         self.windows_skipped_nonfinite += 1
-        return self._report(window, [], [], started, skip=skip)
+        return self._report(window, [], [], started, skip=outcome)
 
     def _learn(self, window: AudioWindow, scheduled: set[int], started: float) -> StepReport:
         """The step of a window that passed the level check, inside the step guard (raises
-        :class:`NonFiniteState` when the window made the volatile state non-finite)."""
+        :class:`~online_gim.finite.NonFiniteState` when the window made the volatile state non-finite)."""
         context = _WindowContext(window=window, speakers=window.frame_speakers())
         x = self.input_norm.update_and_apply(window.samples.to(torch.float32))[None, None, :]
         if self.config.mode == "e2e":
@@ -489,7 +483,7 @@ class OnlineLearner:
             "hidden": self.hidden,
         }
         if self.traces is not None:
-            state["traces"] = self.traces.state_dict()
+            state["traces"] = self.traces.named_traces()
         if self.probes is not None:
             state["probes"] = self.probes.state_dict()
         return state

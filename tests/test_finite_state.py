@@ -164,15 +164,20 @@ def test_the_level_limit_is_the_float32_sum_of_squares():
 # ---------------------------------------------------------------------- the step guard
 
 
-def test_a_window_that_makes_the_statistics_non_finite_is_rolled_back_before_any_commit():
-    # a future bug or a finite-but-huge weight: module 1's pre-activations overflow float32's squares
-    learner = OnlineLearner(small_config())
+def overflowing_step(learner: OnlineLearner) -> tuple[dict, StepReport]:
+    """A step after which module 1's pre-activations overflow float32's squares (a future bug, or a
+    finite but huge weight); returns the state before it and its report."""
     rng = np.random.default_rng(0)
     learner.step(audio_window(speech_like(WINDOW, rng), 0))
     with torch.no_grad():
         learner.stages[1].module.conv.weight.mul_(1e20)
     before = learner.state_dict()
-    report = learner.step(audio_window(speech_like(WINDOW, rng), 1))
+    return before, learner.step(audio_window(speech_like(WINDOW, rng), 1))
+
+
+def test_a_window_that_makes_the_statistics_non_finite_is_rolled_back_before_any_commit():
+    learner = OnlineLearner(small_config())
+    before, report = overflowing_step(learner)
     assert report.skip.kind == "nonfinite_state" and "stages.1.module.running_var" in report.skip.detail
     assert learner.windows_skipped_nonfinite == 1
     # nothing was committed: statistics, memories, weights, optimiser moments, probes are as before
@@ -207,12 +212,7 @@ def test_a_probe_or_gru_state_made_non_finite_after_the_update_is_restored(monke
 
 def test_the_end_to_end_learner_is_guarded_too():
     learner = OnlineLearner(small_config(mode="e2e", encoder={**small_config().encoder.model_dump(), "gru": "bptt"}))
-    rng = np.random.default_rng(0)
-    learner.step(audio_window(speech_like(WINDOW, rng), 0))
-    with torch.no_grad():
-        learner.stages[1].module.conv.weight.mul_(1e20)
-    before = learner.state_dict()
-    report = learner.step(audio_window(speech_like(WINDOW, rng), 1))
+    before, report = overflowing_step(learner)
     assert report.skip.kind == "nonfinite_state"
     after = learner.state_dict()
     for part in ("input_norm", "stages", "memories", "hidden", "e2e_optimizer"):

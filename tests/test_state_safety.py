@@ -29,27 +29,12 @@ from online_gim.state.checkpointer import MAX_CONSECUTIVE_FAILURES
 from online_gim.state.store import MANIFEST, CheckpointError, CheckpointStore
 from services.cli import EXIT_NOT_SAVED, main
 from streams.window import AudioWindow
-
-WINDOW = 10240
-CONFIG = f"""
-window: {WINDOW}
-encoder:
-  convs:
-    - {{channels: 8, kernel: 10, stride: 5, padding: 2}}
-    - {{channels: 8, kernel: 8, stride: 4, padding: 2}}
-    - {{channels: 8, kernel: 4, stride: 2, padding: 2}}
-    - {{channels: 8, kernel: 4, stride: 2, padding: 2}}
-    - {{channels: 8, kernel: 4, stride: 2, padding: 1}}
-  gru_hidden: 8
-loss: {{prediction_steps: 4, subwindow: 32}}
-memory: {{capacity: 256, writes_per_window: 16}}
-"""
-
+from test_checkpoint import FAULT_CONFIG, WINDOW
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("config") / "small.yaml"
-    path.write_text(CONFIG)
+    path.write_text(FAULT_CONFIG)
     return path
 
 

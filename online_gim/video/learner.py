@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from online_gim.finite import NonFiniteState, StepGuard, repair_loaded_state, repairable_paths
+from online_gim.finite import StepGuard, repair_loaded_state, repairable_paths
 from online_gim.input_norm import InputNormalizer
 from online_gim.local_update import LocalStage, ModuleSchedule, apply_local_loss, module_report
 from online_gim.losses import LossParts
@@ -152,17 +152,11 @@ class VideoLearner:
         frames = window.frames
         self._check_frames(frames)
         self.steps += 1
-        skip = self.input_norm.refusal(frames)
-        if skip is None:
-            scheduled = self._schedule.choose(modules)
-            self._guard.begin()
-            try:
-                return self._learn(window, scheduled, started)
-            except NonFiniteState as error:
-                self._guard.rollback()
-                skip = SkipReason("nonfinite_state", str(error))
+        outcome = self._guard.run(frames, lambda: self._learn(window, self._schedule.choose(modules), started))
+        if not isinstance(outcome, SkipReason):
+            return outcome
         self.windows_skipped_nonfinite += 1
-        return self._report(window, [], [], started, skip=skip)
+        return self._report(window, [], [], started, skip=outcome)
 
     def _learn(self, window: VideoWindow, scheduled: set[int], started: float) -> VideoStepReport:
         """The step of a window that passed the level check, inside the step guard: encodes the
