@@ -1,11 +1,13 @@
 """Finiteness of learner state: where a state tree holds NaN or Inf, and the guard of a learner's step.
 
-A learner's step changes its state in two kinds of places. Some changes are committed by a guard
-of their own: an optimiser steps only with a finite gradient norm, clipped
-(:func:`~online_gim.local_update.step_optimizer`), and a memory stores only finite vectors
-(:meth:`~online_gim.memory.NegativeMemory.add`). Everything else a step changes (running
-statistics, the GRU's state, e-prop traces, probes) is *volatile*: :class:`StepGuard` copies it
-before the step, checks it after, and puts the copy back when the step left any of it non-finite.
+A window whose samples hold NaN/Inf or a level float32 cannot represent is refused before
+anything changes (:meth:`~online_gim.input_norm.InputNormalizer.refusal`). Of what the step of
+any other window changes, some is committed by a guard of its own: an optimiser steps only with a
+finite gradient norm, clipped (:func:`~online_gim.local_update.step_optimizer`), and a memory
+stores only finite vectors (:meth:`~online_gim.memory.NegativeMemory.add`). Everything else
+(running statistics, the GRU's state, e-prop traces, probes) is *volatile*: :class:`StepGuard`
+copies it before the step, checks it (and the encodings) before the memory writes and weight
+updates and again at the end, and puts the copy back when the window made any of it non-finite.
 So whatever goes wrong inside a step, no NaN or Inf stays in the learner's state.
 
 :func:`nonfinite_paths` is the one way to find non-finite values in a state tree (a learner's
@@ -217,7 +219,8 @@ def repair_loaded_state(
     for part in parts:
         if part in optimizers:
             optimizers[part].state.clear()
-    guard.reset(parts)
+    if parts:
+        guard.reset(parts)
     for name, memory in memories.items():
         if not memory.finite():
             memory.clear()

@@ -9,6 +9,7 @@ the same with the default (512-channel) learner.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -24,8 +25,10 @@ from online_gim.learner import OnlineLearner
 from online_gim.report import StepReport
 from online_gim.video.config import VideoLearnerConfig
 from online_gim.video.learner import VideoLearner
+from streams.corpora.librispeech import load_audio
 from streams.video_window import VideoWindow
 from streams.window import AudioWindow
+from test_checkpoint import AUDIO
 
 WINDOW = 2560
 KINDS = ("noise", "alternating", "spike", "dc", "denormal", "speech_mix")
@@ -52,8 +55,20 @@ def small_config(**changes) -> LearnerConfig:
     return LearnerConfig.model_validate({**config.model_dump(), **changes})
 
 
-def speech_like(samples: int, rng: np.random.Generator) -> np.ndarray:
-    """A vowel-like signal at about -20 dBFS: harmonics of a gliding pitch under a syllable envelope."""
+@functools.cache
+def recorded_speech() -> np.ndarray | None:
+    """The shared LibriSpeech mini's utterances, concatenated (``None`` when the data is not there)."""
+    files = sorted(AUDIO.rglob("*.flac"))
+    return np.concatenate([load_audio(path) for path in files]) if files else None
+
+
+def speech(samples: int, rng: np.random.Generator) -> np.ndarray:
+    """Speech: a random excerpt of real recordings when the shared data is there, else a vowel-like
+    signal at about -20 dBFS (harmonics of a gliding pitch under a syllable envelope)."""
+    recorded = recorded_speech()
+    if recorded is not None:
+        start = int(rng.integers(0, recorded.shape[0] - samples))
+        return recorded[start : start + samples].copy()
     t = np.arange(samples) / 16_000
     pitch = rng.uniform(90, 220) * (1 + 0.1 * np.sin(2 * np.pi * rng.uniform(1, 3) * t))
     phase = 2 * np.pi * np.cumsum(pitch) / 16_000
@@ -74,11 +89,11 @@ def hostile_samples(kind: str, magnitude: float, position: int, seed: int, sampl
         values = np.zeros(samples)
         values[position % samples] = magnitude
     elif kind == "dc":
-        values = np.full(samples, magnitude) + speech_like(samples, rng)
+        values = np.full(samples, magnitude) + speech(samples, rng)
     elif kind == "denormal":
         values = rng.standard_normal(samples) * 1e-42  # float32 subnormals (below 1.2e-38)
     else:  # speech with a burst of noise at the magnitude
-        values = speech_like(samples, rng).astype(np.float64)
+        values = speech(samples, rng).astype(np.float64)
         burst = slice(position % samples, position % samples + samples // 8)
         values[burst] += rng.standard_normal(values[burst].shape[0]) * magnitude
     return np.clip(values, -FLOAT32_MAX, FLOAT32_MAX).astype(np.float32)
@@ -141,13 +156,13 @@ def assert_unchanged(before: object, after: object, path: str = "") -> None:
 def test_a_window_beyond_float32s_level_is_skipped_before_anything_changes():
     learner = OnlineLearner(small_config())
     rng = np.random.default_rng(0)
-    learner.step(audio_window(speech_like(WINDOW, rng), 0))
+    learner.step(audio_window(speech(WINDOW, rng), 0))
     before = learner.state_dict()
     report = learner.step(audio_window((np.random.default_rng(1).standard_normal(WINDOW) * 1e30).astype(np.float32), 1))
     assert report.skipped_nonfinite and report.skip.kind == "level" and "RMS 1e+30" in report.skip.detail
     assert learner.windows_skipped_nonfinite == 1 and learner.steps == 2
     assert_unchanged(before, learner.state_dict())
-    assert_learned(learner.step(audio_window(speech_like(WINDOW, rng), 2)), learner)
+    assert_learned(learner.step(audio_window(speech(WINDOW, rng), 2)), learner)
 
 
 def test_the_level_limit_is_the_float32_sum_of_squares():
@@ -168,11 +183,11 @@ def overflowing_step(learner: OnlineLearner) -> tuple[dict, StepReport]:
     """A step after which module 1's pre-activations overflow float32's squares (a future bug, or a
     finite but huge weight); returns the state before it and its report."""
     rng = np.random.default_rng(0)
-    learner.step(audio_window(speech_like(WINDOW, rng), 0))
+    learner.step(audio_window(speech(WINDOW, rng), 0))
     with torch.no_grad():
         learner.stages[1].module.conv.weight.mul_(1e20)
     before = learner.state_dict()
-    return before, learner.step(audio_window(speech_like(WINDOW, rng), 1))
+    return before, learner.step(audio_window(speech(WINDOW, rng), 1))
 
 
 def test_a_window_that_makes_the_statistics_non_finite_is_rolled_back_before_any_commit():
@@ -190,7 +205,7 @@ def test_a_window_that_makes_the_statistics_non_finite_is_rolled_back_before_any
 def test_a_probe_or_gru_state_made_non_finite_after_the_update_is_restored(monkeypatch):
     learner = OnlineLearner(small_config())
     rng = np.random.default_rng(0)
-    learner.step(audio_window(speech_like(WINDOW, rng), 0))
+    learner.step(audio_window(speech(WINDOW, rng), 0))
     saved_probes = learner.state_dict()["probes"]
     hidden = learner.hidden.clone()
     real_update = learner.probes.update
@@ -202,7 +217,7 @@ def test_a_probe_or_gru_state_made_non_finite_after_the_update_is_restored(monke
         return result
 
     monkeypatch.setattr(learner.probes, "update", poisoned_update)
-    report = learner.step(audio_window(speech_like(WINDOW, rng), 1))
+    report = learner.step(audio_window(speech(WINDOW, rng), 1))
     assert report.skip.kind == "nonfinite_state"
     assert "probes.standardizer.var" in report.skip.detail and "hidden" in report.skip.detail
     assert torch.equal(learner.hidden, hidden)
@@ -229,7 +244,7 @@ def test_no_stream_of_hostile_windows_makes_the_state_non_finite_and_learning_re
     rng = np.random.default_rng(7)
     index = 0
     for _ in range(2):  # a learner that has heard speech
-        assert_learned(learner.step(audio_window(speech_like(WINDOW, rng), index)), learner)
+        assert_learned(learner.step(audio_window(speech(WINDOW, rng), index)), learner)
         index += 1
     skipped = 0
     for kind, magnitude, sign, position, seed in attack:
@@ -244,7 +259,7 @@ def test_no_stream_of_hostile_windows_makes_the_state_non_finite_and_learning_re
                 assert_unchanged(before, learner.state_dict())
     assert learner.windows_skipped_nonfinite == skipped
     for _ in range(3):  # normal audio afterwards: learned from, every module updates
-        assert_learned(learner.step(audio_window(speech_like(WINDOW, rng), index)), learner)
+        assert_learned(learner.step(audio_window(speech(WINDOW, rng), index)), learner)
         index += 1
         assert_state_finite(learner)
 
@@ -258,12 +273,12 @@ def test_the_default_learner_survives_every_kind_of_hostile_window():
         ("noise", 1e30), ("alternating", FLOAT32_MAX), ("spike", FLOAT32_MAX), ("dc", 1e15),
         ("denormal", 0.0), ("speech_mix", 1e20), ("noise", 1e16), ("spike", 1e18),
     ]
-    assert_learned(learner.step(audio_window(speech_like(window, rng), 0)), learner)
+    assert_learned(learner.step(audio_window(speech(window, rng), 0)), learner)
     for index, (kind, magnitude) in enumerate(attack, start=1):
         learner.step(audio_window(hostile_samples(kind, magnitude, 777 * index, index, samples=window), index))
         assert_state_finite(learner)
     for index in range(len(attack) + 1, len(attack) + 3):
-        assert_learned(learner.step(audio_window(speech_like(window, rng), index)), learner)
+        assert_learned(learner.step(audio_window(speech(window, rng), index)), learner)
     assert_state_finite(learner)
 
 
