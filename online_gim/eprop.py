@@ -208,9 +208,13 @@ class EligibilityTraces:
                 grad.addmm_((psi * reach).T, inp)
                 trace.addmm_((psi * suffix).T, inp)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def named_traces(self) -> dict[str, torch.Tensor]:
+        """The four traces by their names in :meth:`state_dict` (the live tensors, not copies)."""
         names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-        return {f"trace_{name}": trace.clone() for name, trace in zip(names, self.traces)}
+        return {f"trace_{name}": trace for name, trace in zip(names, self.traces)}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: trace.clone() for name, trace in self.named_traces().items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
+from online_gim.report import SkipReason
+
 _VARIANCE_FLOOR = 1e-6
 """Smallest variance used to scale (a -60 dB RMS floor for [-1, 1] audio): silence stays small."""
+
+FLOAT32_MAX = torch.finfo(torch.float32).max
+"""The largest float32 (about 3.4e38): the learner's arithmetic is float32."""
 
 
 class InputNormalizer:
@@ -39,8 +46,32 @@ class InputNormalizer:
         self.var = torch.ones(())
         self.windows = 0
 
+    @staticmethod
+    def refusal(samples: torch.Tensor) -> SkipReason | None:
+        """Why a window's samples (any shape) cannot be learned from, or ``None`` when they can.
+
+        A window is refused when it holds NaN or Inf, or when its level cannot be represented in
+        the learner's float32 arithmetic: its sum of squares, computed in float64, exceeds the
+        largest float32 (a 20480-sample window with an RMS above about 1.3e17). The statistics
+        of such a window would overflow to Inf and then NaN, here and in every module above. The
+        check changes nothing and costs one float64 pass over the samples.
+        """
+        wide = samples.detach().to(torch.float64)
+        energy = float(wide.square().sum())  # float64 cannot overflow on float32 squares: only NaN/Inf samples make it non-finite
+        if not math.isfinite(energy):
+            return SkipReason("nonfinite_samples", "it holds NaN or Inf samples")
+        if energy > FLOAT32_MAX:
+            rms = math.sqrt(energy / max(wide.numel(), 1))
+            return SkipReason(
+                "level",
+                f"its level (RMS {rms:.3g}) is beyond what the learner's float32 arithmetic can represent "
+                f"(its sum of squares {energy:.3g} exceeds {FLOAT32_MAX:.3g})",
+            )
+        return None
+
     def update_and_apply(self, samples: torch.Tensor) -> torch.Tensor:
-        """Folds ``(n,)`` samples into the statistics, then returns them normalised ``(n,)``."""
+        """Folds ``(n,)`` samples into the statistics, then returns them normalised ``(n,)``.
+        Check them with :meth:`refusal` first: a refused window would make the statistics non-finite."""
         mean, var = samples.mean(), samples.var(unbiased=False)
         if self.windows == 0:
             self.mean, self.var = mean, var

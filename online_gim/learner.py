@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -15,13 +16,14 @@ from online_gim.adam import Adam
 from online_gim.config import LearnerConfig
 from online_gim.conv import ConvModule
 from online_gim.eprop import EligibilityTraces, StopGradientGRU
+from online_gim.finite import StepGuard, repair_loaded_state, repairable_paths
 from online_gim.input_norm import InputNormalizer
 from online_gim.local_update import LocalStage, ModuleSchedule, apply_local_loss, module_report, step_optimizer
 from online_gim.losses import LossParts, product_dtype
 from online_gim.memory import NegativeMemory
 from online_gim.objective import WindowPool
 from online_gim.probes import OnlineProbes
-from online_gim.report import ModuleReport, ProbeReadout, StepReport
+from online_gim.report import ModuleReport, ProbeReadout, SkipReason, StepReport
 from streams.window import FRAME_SAMPLES, AudioWindow
 
 
@@ -50,8 +52,14 @@ class OnlineLearner:
     (:mod:`streams.replay`): the weights update as on a new window, but nothing that describes the
     live stream changes (running input and ``time``-norm statistics, negative memories, online
     probes, the GRU's state and traces, which the replayed window runs from zero as a segment of
-    its own). A window with NaN/Inf samples changes nothing and is counted
-    (``skipped_nonfinite``); a module whose loss or gradient is not finite is not updated.
+    its own). No window can make the learner's state non-finite (:mod:`online_gim.finite`):
+    a window with NaN/Inf samples, or one whose level float32 cannot represent
+    (:meth:`InputNormalizer.refusal`), changes nothing; the encodings of the whole conv stack are
+    checked before any memory write or weight update, and a window that made them or the running
+    statistics non-finite is rolled back; so is one that made the GRU's state, the e-prop traces or
+    the probes non-finite. Each such window is counted (``windows_skipped_nonfinite``) and its
+    report says why (``StepReport.skip``). A module whose loss or gradient is not finite is not
+    updated.
 
     The GRU's hidden state (and, for e-prop, its eligibility traces) carry over from one window to
     the next: consecutive windows are treated as one continuous stream.
@@ -114,6 +122,7 @@ class OnlineLearner:
         self.windows_skipped_nonfinite = 0
         self.probes = OnlineProbes(config.probes, config.encoder) if config.probes is not None else None
         self._schedule = ModuleSchedule("all" if config.mode == "e2e" else config.schedule, len(self.stages), self._rng)
+        self._guard = StepGuard(self._volatile_state, self._load_volatile_state)
 
     @property
     def _exclusion_frames(self) -> int:
@@ -174,45 +183,43 @@ class OnlineLearner:
             self.replayed += 1
         else:
             self.steps += 1
-        if not bool(torch.isfinite(samples).all()):
-            self.windows_skipped_nonfinite += 1
-            return self._report(window, [], [], started, skipped=True, replay=replay)
-        scheduled = self._scheduled(modules)
+        outcome = self._guard.run(samples, lambda: self._learn(window, self._scheduled(modules), started, replay))
+        if not isinstance(outcome, SkipReason):
+            return outcome
+        self.windows_skipped_nonfinite += 1
+        return self._report(window, [], [], started, skip=outcome, replay=replay)
+
+    def _learn(self, window: AudioWindow, scheduled: set[int], started: float, replay: bool) -> StepReport:
+        """The step of a window that passed the level check, inside the step guard (raises
+        :class:`~online_gim.finite.NonFiniteState` when the window made the volatile state non-finite)."""
         context = _WindowContext(window=window, speakers=window.frame_speakers(), replay=replay)
         with self._replay_scope() if replay else nullcontext():
-            x = self.input_norm.update_and_apply(samples.to(torch.float32))[None, None, :]
+            x = self.input_norm.update_and_apply(window.samples.to(torch.float32))[None, None, :]
             if self.config.mode == "e2e":
                 module_reports, embeddings = self._step_e2e(x, context)
             else:
                 module_reports, embeddings = self._step_greedy(x, context, scheduled)
+            # the probes read detached copies after the encoder's update: they never train the encoder
+            probes = self.probes.update(window, embeddings).readout if self.probes is not None and not replay else None
+            self._guard.verify(outputs=embeddings)
         if any(report.updated for report in module_reports):
             self.updates += 1
-        # the probes read detached copies after the encoder's update: they never train the encoder
-        probes = self.probes.update(window, embeddings).readout if self.probes is not None and not replay else None
-        return self._report(window, module_reports, embeddings, started, skipped=False, probes=probes, replay=replay)
+        return self._report(window, module_reports, embeddings, started, probes=probes, replay=replay)
 
     @contextmanager
     def _replay_scope(self) -> Iterator[None]:
-        """The statistics and recurrent state of the live stream, saved before a replayed window and
-        put back after it; the GRU runs the replayed window from a zero state and zero traces."""
-        input_norm = self.input_norm.state_dict()
-        buffers = [buffer for stage in self.stages if isinstance(stage.module, ConvModule) for buffer in stage.module.buffers()]
-        statistics = [buffer.clone() for buffer in buffers]
-        hidden = self.hidden
-        traces = self.traces.state_dict() if self.traces is not None else None
-        self.hidden = torch.zeros_like(hidden)
+        """The live stream's volatile state (statistics, GRU state and traces, probes: what the step
+        guard watches), copied before a replayed window and put back after it; the GRU runs the
+        replayed window from a zero state and zero traces."""
+        saved = copy.deepcopy(self._volatile_state())
+        self.hidden = torch.zeros_like(self.hidden)
         if self.traces is not None:
             for trace in self.traces.traces:
                 trace.zero_()
         try:
             yield
         finally:
-            self.input_norm.load_state_dict(input_norm)
-            for buffer, saved in zip(buffers, statistics):
-                buffer.copy_(saved)
-            self.hidden = hidden
-            if self.traces is not None:
-                self.traces.load_state_dict(traces)
+            self._load_volatile_state(saved)
 
     def probe_readout(self) -> ProbeReadout | None:
         """The online probes' readout of the newest window; ``None`` without probes or before a window."""
@@ -225,8 +232,8 @@ class OnlineLearner:
         embeddings: list[torch.Tensor],
         started: float,
         *,
-        skipped: bool,
         probes: ProbeReadout | None = None,
+        skip: SkipReason | None = None,
         replay: bool = False,
     ) -> StepReport:
         return StepReport(
@@ -234,35 +241,56 @@ class OnlineLearner:
             updates=self.updates,
             window_start=window.start_sample,
             window_samples=int(window.samples.shape[0]),
-            skipped_nonfinite=skipped,
+            skipped_nonfinite=skip is not None,
             modules=tuple(modules),
             embeddings=tuple(embeddings),
             seconds=time.perf_counter() - started,
             probes=probes,
+            skip=skip,
             replay=replay,
         )
 
     def _step_greedy(
         self, x: torch.Tensor, context: _WindowContext, scheduled: set[int]
     ) -> tuple[list[ModuleReport], list[torch.Tensor]]:
+        """Encodes the window with the whole conv stack (folding its statistics), has the step guard
+        check the encodings before anything is committed, then writes each module's memory and
+        updates the scheduled modules, bottom to top, and runs the GRU."""
+        outputs, convs, forward_seconds = self._encode(x)
+        self._guard.verify(outputs=outputs)  # before any memory write or weight update
+        inputs = [x, *outputs[:-1]]
         reports: list[ModuleReport] = []
         embeddings: list[torch.Tensor] = []
-        h = x
         for index, stage in enumerate(self.stages):
-            started = time.perf_counter()
+            started = time.perf_counter() - (forward_seconds[index] if index < len(outputs) else 0.0)
             if isinstance(stage.module, ConvModule):
-                with torch.no_grad():
-                    y, conv = stage.module.forward_window_keeping_conv(h, update_statistics=True)
-                frames = y[0].T  # (T, C)
+                frames = outputs[index][0].T  # (T, C)
                 if not context.replay:
                     self._remember(stage, frames, context)
-                parts = self._update_conv(stage, h, conv, frames, context) if index in scheduled else None
-                h = y
+                parts = self._update_conv(stage, inputs[index], convs[index], frames, context) if index in scheduled else None
             else:
-                frames, parts = self._run_gru(stage, h[0].T, context, learn=index in scheduled)
+                frames, parts = self._run_gru(stage, outputs[-1][0].T, context, learn=index in scheduled)
             embeddings.append(frames)
             reports.append(self._module_report(index, parts, frames, started))
         return reports, embeddings
+
+    @torch.no_grad()
+    def _encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float]]:
+        """Runs the conv modules on the ``(1, 1, n)`` normalised window, folding it into their running
+        statistics. Returns each conv module's ``(1, C, T)`` output, its ``(1, C, T)`` conv output
+        before the normalisation (reused by the scored recompute), and the seconds it took."""
+        outputs: list[torch.Tensor] = []
+        convs: list[torch.Tensor] = []
+        seconds: list[float] = []
+        h = x
+        for stage in self.stages:
+            if isinstance(stage.module, ConvModule):
+                started = time.perf_counter()
+                h, conv = stage.module.forward_window_keeping_conv(h, update_statistics=True)
+                outputs.append(h)
+                convs.append(conv)
+                seconds.append(time.perf_counter() - started)
+        return outputs, convs, seconds
 
     def _module_report(self, index: int, parts: LossParts | None, frames: torch.Tensor, started: float) -> ModuleReport:
         return module_report(index, parts, frames, started)
@@ -396,6 +424,7 @@ class OnlineLearner:
             outputs.append(contexts)
         else:
             contexts = targets
+        self._guard.verify(outputs=[o.detach() for o in outputs])  # before the memory write and the update
         if not context.replay:
             with torch.no_grad():
                 self._remember(self.stages[-1 if self.gru is None else -2], targets.detach(), context)
@@ -480,6 +509,32 @@ class OnlineLearner:
             state["probes"] = self.probes.state_dict()
         return state
 
+    def _volatile_state(self) -> dict[str, object]:
+        """What a step changes besides the weights, the optimiser moments and the memories (whose
+        commits guard themselves), as live tensors: the step guard's view (:mod:`online_gim.finite`)."""
+        state: dict[str, object] = {
+            "input_norm": self.input_norm.state_dict(),
+            "stages": [{"module": dict(stage.module.named_buffers())} for stage in self.stages],
+            "hidden": self.hidden,
+        }
+        if self.traces is not None:
+            state["traces"] = self.traces.named_traces()
+        if self.probes is not None:
+            state["probes"] = self.probes.state_dict()
+        return state
+
+    def _load_volatile_state(self, state: dict[str, object]) -> None:
+        """Restores a copy of :meth:`_volatile_state`."""
+        self.input_norm.load_state_dict(state["input_norm"])
+        for stage, saved in zip(self.stages, state["stages"]):
+            for name, buffer in stage.module.named_buffers():
+                buffer.copy_(saved["module"][name])
+        self.hidden = state["hidden"]
+        if self.traces is not None:
+            self.traces.load_state_dict(state["traces"])
+        if self.probes is not None:
+            self.probes.load_state_dict(state["probes"])
+
     def _memory_owners(self) -> list[int]:
         """Indices of the stages that own their memory (the GRU shares the top conv's)."""
         owners: list[int] = []
@@ -488,16 +543,27 @@ class OnlineLearner:
                 owners.append(index)
         return owners
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
+    def load_state_dict(self, state: dict[str, object]) -> list[str]:
         """Restores :meth:`state_dict`'s output.
 
+        A state may hold NaN or Inf where the stream can estimate the values again (a checkpoint
+        written before the step guard, :mod:`online_gim.finite`): such parts are reset to their
+        initial values: the running input and normalisation statistics, the GRU state, the e-prop
+        traces, the probes, an optimiser's moments, a memory's entries.
+
+        Returns:
+            The parts reset (``input_norm``, ``stages.2.module``, ``traces``, ``memories.0``, ...),
+            empty for a sound state.
         Raises:
             ValueError: the state was written with a different configuration (the message names
                 the first differing field).
+            NonFiniteState: learned weights (a module's parameters or its prediction head) are not
+                finite: they cannot be estimated again; nothing is changed.
         """
         saved = LearnerConfig.model_validate(state["config"])
         if saved != self.config:
             raise ValueError(f"state was saved with a different config: {_first_difference(saved, self.config)}")
+        paths = repairable_paths(state, self.stages)
         self.input_norm.load_state_dict(state["input_norm"])
         for stage, saved_stage in zip(self.stages, state["stages"]):
             stage.module.load_state_dict(saved_stage["module"])
@@ -520,6 +586,11 @@ class OnlineLearner:
             self._e2e_optimizer.load_state_dict(state["e2e_optimizer"])
         if self.probes is not None:
             self.probes.load_state_dict(state["probes"])
+        optimizers = {f"stages.{i}.optimizer": stage.optimizer for i, stage in enumerate(self.stages)}
+        if self.config.mode == "e2e":
+            optimizers["e2e_optimizer"] = self._e2e_optimizer
+        memories = {f"memories.{i}": self.stages[owner].memory for i, owner in enumerate(self._memory_owners())}
+        return repair_loaded_state(paths, self._guard, optimizers=optimizers, memories=memories)
 
 
 def _first_difference(a: LearnerConfig, b: LearnerConfig) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from online_gim.config import MemoryConfig
+from online_gim.finite import require_finite
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,8 @@ class MemoryHit:
 
 class NegativeMemory:
     """A bounded FIFO of past encodings held in a ``faiss.IndexFlatIP``, each tagged with its stream
-    position, stream id, the model step that wrote it and its labels when known.
+    position, stream id, the model step that wrote it and its labels when known. Only finite
+    vectors are stored.
 
     Rows of the index are kept in write order, so FIFO eviction and eviction of stale entries
     (written more than ``max_age_updates`` updates ago) both remove a prefix. Negatives for an
@@ -72,6 +74,17 @@ class NegativeMemory:
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
+    def finite(self) -> bool:
+        """Whether every stored vector is finite (a memory restored from a checkpoint written before
+        :meth:`add` refused non-finite vectors may hold NaN)."""
+        with self._lock:
+            return bool(np.isfinite(self.index.reconstruct_n(0, len(self))).all()) if len(self) else True
+
+    def clear(self) -> None:
+        """Forgets every entry; the stream fills the memory again."""
+        with self._lock:
+            self._reset()
+
     def _source_code(self, source_id: str) -> int:
         if source_id not in self.source_names:
             self.source_names.append(source_id)
@@ -96,7 +109,10 @@ class NegativeMemory:
             step: the model step of the writer.
             speakers: ``n`` speaker ids (``None`` where unknown), optional.
             phones: ``(n,)`` phone classes (-1 where unknown), optional.
+        Raises:
+            NonFiniteState: a vector holds NaN or Inf (nothing is written).
         """
+        require_finite(vectors, "memory vectors")
         count = vectors.shape[0]
         data = np.ascontiguousarray(vectors.detach().to(torch.float32).numpy())
         code = self._source_code(source_id)

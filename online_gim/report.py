@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+
+log = logging.getLogger(__name__)
+
+SkipKind = Literal["nonfinite_samples", "level", "nonfinite_state"]
+
+
+@dataclass(frozen=True)
+class SkipReason:
+    """Why the learner skipped a window (learned nothing from it and kept its state as it was).
+
+    Attributes:
+        kind: ``nonfinite_samples`` (NaN or Inf samples or pixels), ``level`` (finite, but so
+            large that the learner's float32 arithmetic cannot represent the window's level), or
+            ``nonfinite_state`` (the window made some of the learner's state non-finite: the
+            step guard put it back, see :mod:`online_gim.finite`).
+        detail: one sentence for people.
+    """
+
+    kind: SkipKind
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -50,14 +72,14 @@ class StepReport:
         updates: number of windows that updated weights so far (the model step).
         window_start: stream position of the window's first sample.
         window_samples: number of samples in the window.
-        skipped_nonfinite: the window held NaN/Inf samples, or an update produced a non-finite
-            loss; nothing was learned from it and no state was changed by it.
+        skipped_nonfinite: the window was skipped (see ``skip``).
         modules: one report per module, bottom to top.
         embeddings: per module, its ``(frames, channels)`` output on this window (detached,
             float32); empty when the window was skipped.
         seconds: wall-clock seconds of the whole step.
         probes: what the learner's online probes read from this window (``None`` without probes,
             when the window was skipped, or when it was replayed).
+        skip: why the window was skipped; ``None`` when it was learned from.
         replay: the window was replayed from the past (``OnlineLearner.step(..., replay=True)``),
             not a new window of the stream.
     """
@@ -71,6 +93,7 @@ class StepReport:
     embeddings: tuple[torch.Tensor, ...]
     seconds: float
     probes: ProbeReadout | None = None
+    skip: SkipReason | None = None
     replay: bool = False
 
     @property
@@ -101,3 +124,22 @@ class ProbeReadout:
     phone_accuracy: float
     speaker_accuracy: float
     speaker_frame_accuracy: float = float("nan")
+
+
+def tally_skip(counts: dict[str, int], report: StepReport, where: str) -> None:
+    """Counts a skipped window under its reason's kind (``report.skip``) in ``counts``, and logs a
+    warning for the first window skipped for each reason (the rest are only counted).
+
+    Args:
+        counts: skipped windows per kind (a listen summary's ``windows_skipped_by_reason``).
+        report: the skipped window's report.
+        where: the window's place in the stream, for people (``"12.80 s"``, ``"frame 400"``).
+    """
+    skip = report.skip or SkipReason("nonfinite_samples", "it holds NaN or Inf samples")
+    counts[skip.kind] = counts.get(skip.kind, 0) + 1
+    if counts[skip.kind] == 1:
+        log.warning(
+            "window at %s skipped, nothing learned from it: %s (further windows skipped for this reason are "
+            "only counted: windows_skipped_by_reason in the summary)",
+            where, skip.detail,
+        )

@@ -58,7 +58,8 @@ from streams.window import FRAME_SAMPLES, SAMPLE_RATE, UNKNOWN_LABEL
 
 STATIC_DIR = Path(__file__).with_name("static")
 MAX_BODY_BYTES = 1 << 20
-"""Requests with a larger declared body are refused (413) before it is read."""
+"""Larger request bodies are refused (413): a declared one before it is read, a chunked one when
+its first bytes beyond the limit arrive (what came before is all that is held)."""
 
 OPEN_PATHS = frozenset({"/healthz"})
 """Paths served without the token."""
@@ -78,7 +79,8 @@ def dashboard_html() -> str:
 
 class RequestGuard:
     """ASGI middleware: the bearer token (``Authorization: Bearer T`` or ``?token=T``) on every path
-    but :data:`OPEN_PATHS`, and a bound on declared request bodies."""
+    but :data:`OPEN_PATHS`, and :data:`MAX_BODY_BYTES` on request bodies of any transfer encoding
+    (:class:`_BodyLimit`)."""
 
     def __init__(self, app, token: str | None) -> None:
         self.app = app
@@ -91,7 +93,7 @@ class RequestGuard:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length", b"0")
         if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-            await _send_json(send, 413, {"detail": f"request body must be at most {MAX_BODY_BYTES} bytes"})
+            await _send_too_large(send)
             return
         if self.token is not None and scope.get("path") not in OPEN_PATHS and not self._authorised(scope, headers):
             await _send_json(
@@ -99,7 +101,12 @@ class RequestGuard:
                 extra=[(b"www-authenticate", b"Bearer")],
             )
             return
-        await self.app(scope, receive, send)
+        limit = _BodyLimit(receive, send)
+        try:
+            await self.app(scope, limit.receive, limit.send)
+        except Exception:
+            if not limit.exceeded:  # else: the app only noticed that the body was cut off
+                raise
 
     def _authorised(self, scope, headers: dict[bytes, bytes]) -> bool:
         auth = headers.get(b"authorization", b"")
@@ -107,6 +114,46 @@ class RequestGuard:
             return True
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         return any(hmac.compare_digest(value.encode(), self.token) for value in query.get("token", []))
+
+
+class _BodyLimit:
+    """The ``receive`` and ``send`` of one request, with its body counted as the app reads it (a
+    chunked body declares no length). Past :data:`MAX_BODY_BYTES` it answers 413 and closes the
+    connection, tells the app that the client has gone, and drops what the app sends after: at
+    most the limit is ever held, and the rest of the body is never read."""
+
+    def __init__(self, receive, send) -> None:
+        self._receive = receive
+        self._send = send
+        self._received = 0
+        self._started = False
+        self.exceeded = False
+
+    async def receive(self) -> dict:
+        if self.exceeded:
+            return {"type": "http.disconnect"}
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self._received += len(message.get("body", b""))
+            if self._received > MAX_BODY_BYTES:
+                self.exceeded = True
+                if not self._started:
+                    await _send_too_large(self._send)
+                return {"type": "http.disconnect"}
+        return message
+
+    async def send(self, message: dict) -> None:
+        if self.exceeded:
+            return
+        self._started = self._started or message["type"] == "http.response.start"
+        await self._send(message)
+
+
+async def _send_too_large(send) -> None:
+    """413, closing the connection (so that the server reads no more of the body)."""
+    await _send_json(
+        send, 413, {"detail": f"request body must be at most {MAX_BODY_BYTES} bytes"}, extra=[(b"connection", b"close")]
+    )
 
 
 async def _send_json(send, status: int, body: dict, extra: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from online_gim.report import StepReport
+from online_gim.report import StepReport, tally_skip
 from streams.chunk import AudioChunk
 from streams.counters import StreamCounters
 from streams.feeder import Feeder
@@ -245,6 +245,7 @@ class ListenSummary:
     windows_processed: int = 0
     windows_dropped: int = 0
     windows_skipped_nonfinite: int = 0
+    windows_skipped_by_reason: dict[str, int] = field(default_factory=dict)
     samples_in: int = 0
     samples_windowed: int = 0
     samples_dropped: int = 0
@@ -466,6 +467,7 @@ class ListenSession:
         summary.model_step = report.updates
         if report.skipped_nonfinite:
             summary.windows_skipped_nonfinite += 1
+            tally_skip(summary.windows_skipped_by_reason, report, f"{report.window_start / SAMPLE_RATE:.2f} s")
             return
         if report.probes is not None:
             summary.probe_phone_accuracy = report.probes.phone_accuracy

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from online_gim.report import StepReport
+from online_gim.report import StepReport, tally_skip
 from services.api_models import finite_or_none
 from streams.sources.video import VideoFrame, VideoFrameSource
 from streams.video_window import VideoWindow, VideoWindower
@@ -86,6 +86,7 @@ class VideoListenSummary:
     frames_processed: int = 0
     video_windows_processed: int = 0
     video_windows_skipped_nonfinite: int = 0
+    video_windows_skipped_by_reason: dict[str, int] = field(default_factory=dict)
     video_seconds: float = 0.0
     video_wall_seconds: float = 0.0
     video_compute_seconds: float = 0.0
@@ -223,6 +224,7 @@ class VideoListenSession:
         summary.video_model_step = report.updates
         if report.skipped_nonfinite:
             summary.video_windows_skipped_nonfinite += 1
+            tally_skip(summary.video_windows_skipped_by_reason, report, f"frame {window.start_frame}")
         for module in report.modules:
             if module.updated and math.isfinite(module.loss):
                 self._losses[module.module].append(module.loss)

@@ -245,7 +245,7 @@ def test_leftovers_of_an_interrupted_save_are_ignored_then_removed(tmp_path):
         assert store.load_newest().state == {"n": 1}
         newest = store.save({"n": 2})
         assert newest.sequence == 10  # never reuses a sequence number on disk
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([entry.file, newest.file, MANIFEST, "lock"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([entry.file, newest.file, MANIFEST, "ckpt-00000009-0123456789abcdef.safetensors"])
 
 
 def test_a_state_directory_has_one_writer(tmp_path):

@@ -3,7 +3,8 @@
 :func:`write_atomic` writes to a temporary file in the target's directory (same file system, so
 the rename is atomic), flushes and fsyncs it, renames it over the target and fsyncs the directory
 (so that the rename itself survives a power cut). A crash at any point leaves the old file intact
-and at worst a ``*.tmp`` file, which :func:`is_temporary` recognises for clean-up.
+and at worst a temporary file ``<name>.<pid>.tmp`` next to it (the checkpoint store removes its
+own when it next opens the directory).
 
 Fault injection: with ``ONLINE_GIM_CHECKPOINT_WRITE_DELAY=S`` in the environment, every write
 pauses ``S`` seconds half-way through the temporary file, so that tests can kill or signal a
@@ -20,11 +21,7 @@ WRITE_DELAY_ENV = "ONLINE_GIM_CHECKPOINT_WRITE_DELAY"
 """Seconds to pause in the middle of every atomic write (tests only; unset in normal use)."""
 
 TEMPORARY_SUFFIX = ".tmp"
-
-
-def is_temporary(path: Path) -> bool:
-    """Whether ``path`` is a left-over temporary file of :func:`write_atomic`."""
-    return path.name.endswith(TEMPORARY_SUFFIX)
+"""The temporary file of ``path`` is ``<path>.<pid>.tmp``."""
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -16,9 +16,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+from online_gim.finite import describe_paths, nonfinite_paths
 from online_gim.state.store import Checkpoint, CheckpointError, CheckpointStore
 
 log = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_FAILURES = 3
+"""Failed saves in a row after which a listen run stops: learning on would only grow what is lost."""
 
 
 class PeriodicCheckpointer:
@@ -26,8 +30,10 @@ class PeriodicCheckpointer:
 
     Saves after every ``every_windows`` windows and once ``every_seconds`` (wall clock) have passed
     since the last save (0 disables either), and at :meth:`close` when windows were learned since.
-    A failed save (disk full, ...) is logged and listening goes on; the previous checkpoints stay.
-    ``close`` releases the state directory.
+    A failed save (disk full, ...) is logged, the previous checkpoints stay, and the save is tried
+    again when the next period is due; after :data:`MAX_CONSECUTIVE_FAILURES` failures in a row
+    ``stop("checkpoint_failed")`` ends the run. A state that holds NaN or Inf is never written (a
+    failed save too). ``close`` releases the state directory.
 
     Parameters:
         store: where to save.
@@ -35,10 +41,13 @@ class PeriodicCheckpointer:
         totals: the run totals to save (continued from the checkpoint resumed from).
         every_windows, every_seconds: the periods.
         clock: monotonic seconds (tests pass a fake one).
+        stop: called with a stop reason when saving has failed too often (the session's ``stop``).
 
     Attributes:
         written: checkpoints written by this run.
         failed: saves of this run that failed (nothing written).
+        unsaved: windows learned since the last checkpoint written (after :meth:`close`: the
+            learning this run loses because its checkpoints could not be written).
         last_saved_at: wall time (Unix seconds) of the newest checkpoint in the directory, the one
             resumed from until this run writes one; ``None`` before any.
     """
@@ -52,6 +61,7 @@ class PeriodicCheckpointer:
         every_windows: int = 0,
         every_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        stop: Callable[[str], None] | None = None,
     ) -> None:
         if every_windows < 0 or every_seconds < 0:
             raise ValueError("checkpoint periods must be >= 0 (0 = off)")
@@ -61,8 +71,11 @@ class PeriodicCheckpointer:
         self.every_windows = every_windows
         self.every_seconds = every_seconds
         self._clock = clock
-        self._last_save = clock()
-        self._unsaved = 0
+        self._stop = stop
+        self._last_attempt = clock()
+        self._since_attempt = 0  # windows learned since the last save was tried
+        self._failed_in_a_row = 0
+        self.unsaved = 0
         self.written = 0
         self.failed = 0
         self.last_saved_at: float | None = None
@@ -73,31 +86,50 @@ class PeriodicCheckpointer:
 
     def window_learned(self) -> None:
         """Counts one learned window and saves when a period is due."""
-        self._unsaved += 1
-        due_windows = self.every_windows and self._unsaved >= self.every_windows
-        due_time = self.every_seconds and self._clock() - self._last_save >= self.every_seconds
+        self.unsaved += 1
+        self._since_attempt += 1
+        due_windows = self.every_windows and self._since_attempt >= self.every_windows
+        due_time = self.every_seconds and self._clock() - self._last_attempt >= self.every_seconds
         if due_windows or due_time:
             self.save()
 
-    def save(self) -> None:
-        """Writes a checkpoint of the run as it is after the last window."""
+    def save(self) -> bool:
+        """Writes a checkpoint of the run as it is after the last window. Returns whether it was
+        written (``False`` also before the first window)."""
         snapshot = self.snapshot()
         if snapshot is None:
-            return
-        try:
-            self.store.save(*snapshot)
-        except OSError as error:
-            log.error("checkpoint not written to %s (%s); the previous ones are kept", self.store.directory, error)
-            self.failed += 1
-            return
-        self.written += 1
-        self.last_saved_at = time.time()
-        self._unsaved = 0
-        self._last_save = self._clock()
+            return False
+        problem = None
+        nonfinite = nonfinite_paths(snapshot[0])
+        if nonfinite:
+            problem = f"the state holds NaN or Inf in {describe_paths(nonfinite)}"
+        else:
+            try:
+                self.store.save(*snapshot)
+            except OSError as error:
+                problem = str(error)
+        self._last_attempt = self._clock()
+        self._since_attempt = 0
+        if problem is None:
+            self.written += 1
+            self.last_saved_at = time.time()
+            self.unsaved = 0
+            self._failed_in_a_row = 0
+            return True
+        self.failed += 1
+        self._failed_in_a_row += 1
+        log.error(
+            "checkpoint not written to %s (%s); the previous ones are kept, %d windows learned since are not saved",
+            self.store.directory, problem, self.unsaved,
+        )
+        if self._failed_in_a_row == MAX_CONSECUTIVE_FAILURES and self._stop is not None:
+            log.error("%d checkpoints in a row could not be written: stopping", self._failed_in_a_row)
+            self._stop("checkpoint_failed")
+        return False
 
     def close(self) -> None:
         try:
-            if self._unsaved:
+            if self.unsaved:
                 self.save()
         finally:
             self.store.close()
@@ -165,6 +197,7 @@ class RunState:
             raise
         self.totals.runs += 1
         self._checkpointer: PeriodicCheckpointer | None = None
+        self.repaired: list[str] = []
 
     def describe(self) -> str:
         """What the checkpoint resumed from holds (totals, stream position), for people."""
@@ -178,33 +211,59 @@ class RunState:
         return int(self.checkpoint.state[self.learner_key]["counters"]["updates"])
 
     def restore(self, learner: Any) -> None:
-        """Loads the saved learner state into ``learner`` (nothing on a fresh start).
+        """Loads the saved learner state into ``learner`` (nothing on a fresh start). Parts of it that
+        held NaN or Inf and that the stream estimates again were reset by the learner: they are
+        logged and listed in :attr:`repaired` (and the summary's ``state_repaired``).
 
         Raises:
             ValueError: the checkpoint was written with another learner configuration.
+            NonFiniteState: its learned weights are not finite (a ``ValueError``; nothing is changed).
         """
-        if self.checkpoint is not None:
-            learner.load_state_dict(self.checkpoint.state[self.learner_key])
+        if self.checkpoint is None:
+            return
+        self.repaired = learner.load_state_dict(self.checkpoint.state[self.learner_key])
+        if self.repaired:
+            log.warning(
+                "checkpoint %s held NaN or Inf in %s (written before online-gim guarded its state against them); "
+                "these parts were reset and are estimated again from the stream",
+                self.checkpoint.entry.file, ", ".join(self.repaired),
+            )
 
     def checkpointer(
-        self, learner: Any, *, every_windows: int = 0, every_seconds: float = 0.0, **stream: Any
+        self,
+        learner: Any,
+        *,
+        every_windows: int = 0,
+        every_seconds: float = 0.0,
+        stop: Callable[[str], None] | None = None,
+        **stream: Any,
     ) -> PeriodicCheckpointer:
         """The checkpointer of this run, a :attr:`checkpointer_type` saving into this directory with
-        this run's totals (it releases the directory when closed); ``stream``: what that type also
-        takes (the audio one: ``source``, ``hop``)."""
+        this run's totals (it releases the directory when closed; ``stop`` ends the run when saving
+        fails too often); ``stream``: what that type also takes (the audio one: ``source``, ``hop``)."""
         self._checkpointer = self.checkpointer_type(
-            self.store, learner, totals=self.totals, every_windows=every_windows, every_seconds=every_seconds, **stream
+            self.store, learner, totals=self.totals, every_windows=every_windows, every_seconds=every_seconds,
+            stop=stop, **stream,
         )
         if self.checkpoint is not None:
             self._checkpointer.last_saved_at = _unix_seconds(self.checkpoint.entry.written_at)
         return self._checkpointer
 
-    def summary_fields(self) -> dict[str, int]:
-        """``resumed_from_step`` and ``checkpoints_written`` for the listen summary (after
-        :attr:`summary_prefix`)."""
-        written = self._checkpointer.written if self._checkpointer is not None else 0
+    def summary_fields(self) -> dict[str, Any]:
+        """For the listen summary (each name after :attr:`summary_prefix`): ``resumed_from_step``,
+        ``checkpoints_written``, ``checkpoints_failed`` (saves of this run that failed),
+        ``windows_not_saved`` (windows this run learned that no checkpoint holds: lost; read it
+        after :meth:`close`) and ``state_repaired`` (the parts of the resumed state that were reset
+        because they were not finite)."""
+        checkpointer = self._checkpointer
         prefix = self.summary_prefix
-        return {f"{prefix}resumed_from_step": self.resumed_from_step, f"{prefix}checkpoints_written": written}
+        return {
+            f"{prefix}resumed_from_step": self.resumed_from_step,
+            f"{prefix}checkpoints_written": checkpointer.written if checkpointer is not None else 0,
+            f"{prefix}checkpoints_failed": checkpointer.failed if checkpointer is not None else 0,
+            f"{prefix}windows_not_saved": checkpointer.unsaved if checkpointer is not None else 0,
+            f"{prefix}state_repaired": list(self.repaired),
+        }
 
     def close(self) -> None:
         """Ends the run's use of the state directory: through the checkpointer when there is one

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from online_gim.config import LearnerConfig
+from online_gim.finite import NonFiniteState, describe_paths, nonfinite_paths
 from online_gim.learner import OnlineLearner
 from online_gim.state.atomic import write_atomic
 
@@ -55,10 +56,16 @@ def export_encoder(learner_state: dict[str, Any], path: Path) -> None:
     """Writes the encoder of a learner state to ``path`` (atomically).
 
     Raises:
+        NonFiniteState: the encoder holds NaN or Inf (a state written before online-gim guarded
+            its state); nothing is written.
         OSError: the file cannot be written.
     """
+    payload = encoder_payload(learner_state)
+    paths = nonfinite_paths(payload)
+    if paths:
+        raise NonFiniteState(f"the encoder holds NaN or Inf in {describe_paths(paths)}", paths)
     buffer = io.BytesIO()
-    torch.save(encoder_payload(learner_state), buffer)
+    torch.save(payload, buffer)
     write_atomic(path, buffer.getvalue())
 
 
@@ -114,6 +121,9 @@ class Encoder:
             raise EncoderFileError(
                 f"{path} has encoder format version {payload.get('version')}; this online-gim reads {ENCODER_VERSION}"
             )
+        paths = nonfinite_paths(payload)
+        if paths:
+            raise EncoderFileError(f"{path} holds NaN or Inf in {describe_paths(paths)}: its features would be too")
         try:
             return cls(payload)
         except (KeyError, RuntimeError, ValueError) as error:
@@ -124,7 +134,15 @@ class Encoder:
 
         Raises:
             ValueError: not 1-D, NaN/Inf, or shorter than :attr:`min_samples`.
+            NonFiniteState: a feature came out NaN or Inf (a ``ValueError``).
         """
         if samples.dim() == 1 and samples.shape[0] < self.min_samples:
             raise ValueError(f"{samples.shape[0]} samples are too few: the encoder needs at least {self.min_samples}")
-        return self._learner.embed(samples)
+        refusal = self._learner.input_norm.refusal(samples)
+        if refusal is not None:
+            raise ValueError(f"the audio cannot be encoded: {refusal.detail}")
+        features = self._learner.embed(samples)
+        paths = nonfinite_paths(features, "module")
+        if paths:
+            raise NonFiniteState(f"the features of {describe_paths(paths)} are not finite", paths)
+        return features

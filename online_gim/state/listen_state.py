@@ -143,9 +143,11 @@ class Checkpointer(PeriodicCheckpointer):
         every_windows: int = 0,
         every_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        stop: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(
-            store, learner, totals=totals, every_windows=every_windows, every_seconds=every_seconds, clock=clock
+            store, learner, totals=totals, every_windows=every_windows, every_seconds=every_seconds, clock=clock,
+            stop=stop,
         )
         self.source = source
         self.hop = hop

@@ -9,11 +9,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from online_gim.finite import StepGuard, repair_loaded_state, repairable_paths
 from online_gim.input_norm import InputNormalizer
 from online_gim.local_update import LocalStage, ModuleSchedule, apply_local_loss, module_report
 from online_gim.losses import LossParts
 from online_gim.memory import NegativeMemory
-from online_gim.report import ModuleReport, StepReport
+from online_gim.report import ModuleReport, SkipReason, StepReport
 from online_gim.video.config import VideoLearnerConfig
 from online_gim.video.conv import VideoConvModule
 from online_gim.video.decorrelation import EncodingDecorrelation
@@ -65,9 +66,12 @@ class VideoLearner:
 
     ``step(window)`` is the one way to feed data in: it normalises the frames with running input
     statistics, runs the stack, writes the window's new frames into every memory, updates the
-    scheduled modules and returns a :class:`VideoStepReport`. A window with NaN/Inf pixels changes
-    nothing and is counted (``windows_skipped_nonfinite``); a module whose loss or gradient is not
-    finite is not updated. The memory needs frames farther than ``exclusion_frames`` from an anchor
+    scheduled modules and returns a :class:`VideoStepReport`. No window can make the learner's
+    state non-finite, as in the audio learner (:mod:`online_gim.finite`): a window with NaN/Inf
+    pixels or a level float32 cannot represent changes nothing, and the encodings of the whole stack
+    (and the running statistics they changed) are checked before any memory write or weight update;
+    such windows are counted (``windows_skipped_nonfinite``) with their reason
+    (``VideoStepReport.skip``). A module whose loss or gradient is not finite is not updated. The memory needs frames farther than ``exclusion_frames`` from an anchor
     before it can serve negatives, so the first windows of a stream do not update.
 
     Parameters:
@@ -112,6 +116,7 @@ class VideoLearner:
         self.steps = 0
         self.updates = 0
         self.windows_skipped_nonfinite = 0
+        self._guard = StepGuard(self._volatile_state, self._load_volatile_state)
 
     @property
     def num_modules(self) -> int:
@@ -147,27 +152,38 @@ class VideoLearner:
         frames = window.frames
         self._check_frames(frames)
         self.steps += 1
-        if not bool(torch.isfinite(frames).all()):
-            self.windows_skipped_nonfinite += 1
-            return self._report(window, [], [], started, skipped=True)
-        scheduled = self._schedule.choose(modules)
-        h = self.input_norm.update_and_apply(frames.to(torch.float32))
-        reports: list[ModuleReport] = []
-        embeddings: list[torch.Tensor] = []
+        outcome = self._guard.run(frames, lambda: self._learn(window, self._schedule.choose(modules), started))
+        if not isinstance(outcome, SkipReason):
+            return outcome
+        self.windows_skipped_nonfinite += 1
+        return self._report(window, [], [], started, skip=outcome)
+
+    def _learn(self, window: VideoWindow, scheduled: set[int], started: float) -> VideoStepReport:
+        """The step of a window that passed the level check, inside the step guard: encodes the
+        window with the whole stack (folding its statistics), has the guard check the encodings,
+        then writes the memories and updates the scheduled modules, bottom to top."""
         learnable = window.num_frames > self.config.loss.prediction_steps
+        h = self.input_norm.update_and_apply(window.frames.to(torch.float32))
+        encoded: list[tuple[torch.Tensor, torch.Tensor, float]] = []
         for index, stage in enumerate(self.stages):
             module_started = time.perf_counter()
-            learn = learnable and index in scheduled
-            with torch.set_grad_enabled(learn):
+            with torch.set_grad_enabled(learnable and index in scheduled):
                 out, pooled = stage.module(h, update_statistics=True)  # (T, C, H', W'), (T, C)
-            self._remember(stage, pooled.detach(), window)
-            parts = self._update(index, pooled, window) if learn else None
             h = out.detach()
+            encoded.append((out, pooled, time.perf_counter() - module_started))
+        self._guard.verify(outputs=[pooled for _, pooled, _ in encoded])  # before any memory write or update
+        reports: list[ModuleReport] = []
+        embeddings: list[torch.Tensor] = []
+        for index, (stage, (out, pooled, forward_seconds)) in enumerate(zip(self.stages, encoded)):
+            module_started = time.perf_counter() - forward_seconds
+            self._remember(stage, pooled.detach(), window)
+            parts = self._update(index, pooled, window) if learnable and index in scheduled else None
             embeddings.append(pooled.detach())
             reports.append(module_report(index, parts, out.detach().amax(dim=(2, 3)), module_started))
+        self._guard.verify()
         if any(report.updated for report in reports):
             self.updates += 1
-        return self._report(window, reports, embeddings, started, skipped=False)
+        return self._report(window, reports, embeddings, started)
 
     def _remember(self, stage: LocalStage, pooled: torch.Tensor, window: VideoWindow) -> None:
         """Writes the pooled encodings of the window's new frames (at most ``writes_per_window``,
@@ -196,17 +212,24 @@ class VideoLearner:
         return parts if bool(torch.isfinite(total.loss)) else total
 
     def _report(
-        self, window: VideoWindow, modules: list[ModuleReport], embeddings: list[torch.Tensor], started: float, *, skipped: bool
+        self,
+        window: VideoWindow,
+        modules: list[ModuleReport],
+        embeddings: list[torch.Tensor],
+        started: float,
+        *,
+        skip: SkipReason | None = None,
     ) -> VideoStepReport:
         return VideoStepReport(
             step=self.steps,
             updates=self.updates,
             window_start=window.start_frame,
             window_samples=window.num_frames,
-            skipped_nonfinite=skipped,
+            skipped_nonfinite=skip is not None,
             modules=tuple(modules),
             embeddings=tuple(embeddings),
             seconds=time.perf_counter() - started,
+            skip=skip,
             frame_rate=window.frame_rate,
             new_frames=window.new_frames,
         )
@@ -263,15 +286,40 @@ class VideoLearner:
             "numpy_rng": self._rng.bit_generator.state,
         }
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
-        """Restores :meth:`state_dict`'s output.
+    def _volatile_state(self) -> dict[str, object]:
+        """What a step changes besides the weights, the optimiser moments and the memories (whose
+        commits guard themselves), as live tensors: the step guard's view (:mod:`online_gim.finite`)."""
+        return {
+            "input_norm": self.input_norm.state_dict(),
+            "stages": [
+                {"module": dict(stage.module.named_buffers()), "decorrelation": dict(decorrelation.named_buffers())}
+                for stage, decorrelation in zip(self.stages, self.decorrelations)
+            ],
+        }
 
+    def _load_volatile_state(self, state: dict[str, object]) -> None:
+        """Restores a copy of :meth:`_volatile_state`."""
+        self.input_norm.load_state_dict(state["input_norm"])
+        for stage, decorrelation, saved in zip(self.stages, self.decorrelations, state["stages"]):
+            for part, name in ((stage.module, "module"), (decorrelation, "decorrelation")):
+                for key, buffer in part.named_buffers():
+                    buffer.copy_(saved[name][key])
+
+    def load_state_dict(self, state: dict[str, object]) -> list[str]:
+        """Restores :meth:`state_dict`'s output; parts that hold NaN or Inf and that the stream
+        estimates again are reset, as in :meth:`OnlineLearner.load_state_dict`.
+
+        Returns:
+            The parts reset (``input_norm``, ``stages.1.module``, ``stages.1.memory``, ...), empty
+            for a sound state.
         Raises:
             ValueError: the state was written with a different configuration.
+            NonFiniteState: learned weights are not finite; nothing is changed.
         """
         saved = VideoLearnerConfig.model_validate(state["config"])
         if saved != self.config:
             raise ValueError("video learner state was saved with a different config")
+        paths = repairable_paths(state, self.stages)
         self.input_norm.load_state_dict(state["input_norm"])
         for stage, decorrelation, saved_stage in zip(self.stages, self.decorrelations, state["stages"]):
             stage.module.load_state_dict(saved_stage["module"])
@@ -286,3 +334,9 @@ class VideoLearner:
         self._schedule.round_robin = int(counters["round_robin"])
         self._generator.set_state(state["torch_generator"])
         self._rng.bit_generator.state = state["numpy_rng"]
+        return repair_loaded_state(
+            paths,
+            self._guard,
+            optimizers={f"stages.{i}.optimizer": stage.optimizer for i, stage in enumerate(self.stages)},
+            memories={f"stages.{i}.memory": stage.memory for i, stage in enumerate(self.stages)},
+        )

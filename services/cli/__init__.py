@@ -18,6 +18,11 @@ COMMAND_MODULES = ("listen", "corpus", "bench", "eval", "state")
 """Sub-command modules, in the order their commands appear in ``--help``."""
 
 
+EXIT_NOT_SAVED = 3
+"""Exit code of a ``listen --state`` run whose learning could not all be saved (its checkpoints
+failed: disk full, directory gone); 1 is a source error, 2 a :class:`CliError`."""
+
+
 class CliError(Exception):
     """An error the user can fix; printed as one sentence, exit code 2, no traceback."""
 

@@ -334,7 +334,7 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
             listen_video.print_summary(document)
         if failed:
             print(f"online-gim listen: error: {document['video_error']}", file=sys.stderr)
-        return 1 if failed else 0
+        return state_options.not_saved(args, document) or (1 if failed else 0)
     config, schedule = _learner_config(args)
     try:
         replay = ReplayConfig(ratio=args.replay, minutes=args.replay_minutes, policy=args.replay_policy)
@@ -372,7 +372,9 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
         )
         checkpointer = None
         if state is not None:
-            checkpointer = state_options.checkpointer(args, state, learner, source=source, hop=session.summary.hop)
+            checkpointer = state_options.checkpointer(
+                args, state, learner, stop=session.stop, source=source, hop=session.summary.hop
+            )
             session.add_observer(checkpointer)
         if args.record is not None:
             session.add_observer(_recorder(args.record))
@@ -418,8 +420,7 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
             listen_video.print_summary(document)
     if summary.stop_reason == "source_error":
         print(f"online-gim listen: error: {summary.error}", file=sys.stderr)
-        return 1
-    return 0
+    return state_options.not_saved(args, document) or (1 if summary.stop_reason == "source_error" else 0)
 
 
 def _write_summary(args: argparse.Namespace, document: dict[str, Any]) -> None:
@@ -496,6 +497,12 @@ def _print_summary(d: dict[str, Any]) -> None:
             f"online probes (prequential): phones {number(d.get('probe_phone_accuracy'), '.1%')}"
             f"   speakers per window {number(d.get('probe_speaker_accuracy'), '.1%')}"
             f", per frame {number(d.get('probe_speaker_frame_accuracy'), '.1%')}"
+        )
+    if "checkpoints_written" in d:
+        lines.append(
+            f"state: resumed from model step {d['resumed_from_step']}, checkpoints written {d['checkpoints_written']}"
+            f" (failed {d['checkpoints_failed']}), windows not saved {d['windows_not_saved']}"
+            + (f", reset (not finite): {', '.join(d['state_repaired'])}" if d["state_repaired"] else "")
         )
     if d.get("device"):
         dev = d["device"]

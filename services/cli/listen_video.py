@@ -174,7 +174,7 @@ def _video_session(args: argparse.Namespace, learner, frames, *, state_directory
     try:
         state_options.restore(state, learner)
         session = VideoListenSession(frames, learner, origin=state.origin, **options)
-        session.add_observer(state_options.checkpointer(args, state, learner).on_step)
+        session.add_observer(state_options.checkpointer(args, state, learner, stop=session.stop).on_step)
     except BaseException:
         state.close()
         raise

@@ -103,9 +103,17 @@ def open_listen_state(args: argparse.Namespace, *, video: bool = False, director
 
 
 def restore(state, learner) -> None:
-    """Loads the checkpoint into ``learner``; a checkpoint of another config is a :class:`CliError`."""
+    """Loads the checkpoint into ``learner``; a checkpoint of another config, or one whose learned
+    weights are not finite, is a :class:`CliError`."""
+    from online_gim.finite import NonFiniteState
+
     try:
         state.restore(learner)
+    except NonFiniteState as error:
+        raise CliError(
+            f"cannot resume from {state.store.directory / state.checkpoint.entry.file}: {error}; "
+            "move the state directory away to start afresh"
+        ) from None
     except ValueError as error:
         raise CliError(
             f"cannot resume from {state.store.directory / state.checkpoint.entry.file}: {error} "
@@ -113,18 +121,39 @@ def restore(state, learner) -> None:
         ) from None
 
 
-def checkpointer(args: argparse.Namespace, state, learner, **stream):
-    """The checkpointer of the run as ``--checkpoint-every-*`` ask (``stream``: what the audio
-    state's checkpointer also needs, its ``source`` and ``hop``)."""
+def checkpointer(args: argparse.Namespace, state, learner, *, stop, **stream):
+    """The checkpointer of the run as ``--checkpoint-every-*`` ask; ``stop``: the session's, called
+    when checkpoints keep failing (``stream``: what the audio state's checkpointer also needs, its
+    ``source`` and ``hop``)."""
     return state.checkpointer(
         learner, **stream, every_windows=args.checkpoint_every_windows, every_seconds=args.checkpoint_every_seconds,
+        stop=stop,
     )
+
+
+def not_saved(args: argparse.Namespace, document: dict) -> int | None:
+    """The exit code :data:`~services.cli.EXIT_NOT_SAVED` when the listen summary ``document`` says
+    that learning of this run could not be saved (its checkpoints failed), after telling so on
+    stderr; ``None`` otherwise."""
+    from services.cli import EXIT_NOT_SAVED
+
+    lost = {key: document[key] for key in ("windows_not_saved", "video_windows_not_saved") if document.get(key)}
+    if not lost:
+        return None
+    print(
+        f"online-gim listen: error: checkpoints could not be written to {args.state}: "
+        + ", ".join(f"{count} {'video ' if key.startswith('video') else ''}windows" for key, count in lost.items())
+        + " learned by this run are not saved",
+        file=sys.stderr,
+    )
+    return EXIT_NOT_SAVED
 
 
 # ---------------------------------------------------------------------- export
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from online_gim.finite import NonFiniteState
     from online_gim.state.export import export_encoder
     from online_gim.state.store import CheckpointError, CheckpointStore
 
@@ -139,6 +168,11 @@ def run_export(args: argparse.Namespace) -> int:
     try:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         export_encoder(checkpoint.state["learner"], args.out)
+    except NonFiniteState as error:
+        raise CliError(
+            f"nothing written: {error} in {checkpoint.entry.file} (resume it with `online-gim listen --state "
+            f"{args.state}`, which resets them, and export again)"
+        ) from None
     except OSError as error:
         raise CliError(f"cannot write {args.out}: {error.strerror or error}") from None
     stages = len(checkpoint.state["learner"]["stages"])

@@ -11,7 +11,10 @@ file name. The optional label folder is GIM's ``LibriSpeech100_labels_split/``:
   :meth:`LibriSpeechCorpus.split` restricts the corpus to one of them.
 
 Label lines whose utterance has no audio are skipped with one warning that says how many;
-utterances without a label line keep ``phones = None`` (unknown) and still play.
+utterances without a label line keep ``phones = None`` (unknown) and still play. Malformed label
+lines are reported with their line number and skipped, and a file that is mostly malformed is
+refused (:mod:`streams.corpora.phone_labels`); labels whose length is far from their audio's are
+reported and ignored when the audio is decoded (:meth:`Utterance.phones_for`).
 
 Usage::
 
@@ -32,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.chunk import PHONE_DTYPE, expand_frame_labels
+from streams.chunk import expand_frame_labels
+from streams.corpora.phone_labels import PhoneLabels, length_problem, read_phone_labels
 from streams.window import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,7 @@ class Utterance:
         path: the audio file.
         phones: ``(frames,)`` int16 phone class per 10 ms frame, aligned to the END of the audio;
             ``None`` when the label file has no line for it (or no label folder was given).
+        labels_at: where the labels come from, ``FILE:LINE`` (``None`` without labels).
     """
 
     id: str
@@ -64,6 +69,7 @@ class Utterance:
     chapter: str
     path: Path
     phones: np.ndarray | None = None
+    labels_at: str | None = None
 
     @property
     def labelled(self) -> bool:
@@ -77,6 +83,14 @@ class Utterance:
     def sample_phones(self, num_samples: int) -> np.ndarray:
         """``(num_samples,)`` int16 phone per sample, aligned to the end; all unknown without labels."""
         return expand_frame_labels(self.phones, num_samples)
+
+    def phones_for(self, num_samples: int) -> tuple[np.ndarray, str | None]:
+        """:meth:`sample_phones` of the decoded audio's ``num_samples``, all unknown when the labels'
+        length is far from the audio's; then also what is wrong (``FILE:LINE: ...``), else ``None``."""
+        problem = length_problem(len(self.phones), num_samples) if self.phones is not None else None
+        if problem is None:
+            return self.sample_phones(num_samples), None
+        return expand_frame_labels(None, num_samples), f"{self.labels_at}: {problem} in {self.path}"
 
 
 def load_audio(path: str | Path) -> np.ndarray:
@@ -131,9 +145,12 @@ class LibriSpeechCorpus:
         self.labels_dir: Path | None = Path(labels) if labels is not None else None
         self.labels_without_audio = 0
         found = self._index(self.roots)
-        phones = self._read_labels(self.labels_dir, set(found)) if self.labels_dir is not None else {}
+        labels = self._read_labels(self.labels_dir, set(found)) if self.labels_dir is not None else {}
+        label_file = self.labels_dir / PHONES_FILE if self.labels_dir is not None else None
         utterances = [
-            Utterance(uid, speaker, chapter, path, phones.get(uid))
+            Utterance(uid, speaker, chapter, path, labels[uid].classes, f"{label_file}:{labels[uid].line}")
+            if uid in labels
+            else Utterance(uid, speaker, chapter, path)
             for uid, (speaker, chapter, path) in sorted(found.items())
         ]
         self._utterances: tuple[Utterance, ...] = tuple(utterances)
@@ -166,21 +183,12 @@ class LibriSpeechCorpus:
             log.warning("%d utterance files appear under more than one root; the first one is used", duplicates)
         return found
 
-    def _read_labels(self, folder: Path, audio_ids: set[str]) -> dict[str, np.ndarray]:
+    def _read_labels(self, folder: Path, audio_ids: set[str]) -> dict[str, PhoneLabels]:
         label_file = folder / PHONES_FILE
         if not label_file.is_file():
             raise FileNotFoundError(f"label folder {str(folder)!r} has no {PHONES_FILE}")
-        phones: dict[str, np.ndarray] = {}
-        without_audio = 0
-        with label_file.open() as lines:
-            for line in lines:
-                uid, _, rest = line.strip().partition(" ")
-                if not uid:
-                    continue
-                if uid not in audio_ids:
-                    without_audio += 1
-                    continue
-                phones[uid] = np.array(rest.split(), dtype=PHONE_DTYPE)
+        labels = read_phone_labels(label_file)
+        without_audio = len(set(labels) - audio_ids)
         self.labels_without_audio = without_audio
         if without_audio:
             log.warning(
@@ -189,7 +197,7 @@ class LibriSpeechCorpus:
                 label_file,
                 ", ".join(str(r) for r in self.roots),
             )
-        return phones
+        return {uid: entry for uid, entry in labels.items() if uid in audio_ids}
 
     # ----------------------------------------------------------------- access
     @property

@@ -136,6 +136,7 @@ class LibriSpeechReplay(AudioSource):
         self._start = start or ReplayPosition()
         self._position = self._start
         self._files_skipped = 0
+        self._labels_ignored: set[str] = set()  # utterances whose labels' length is far from the audio's
         self.samples_nonfinite = 0
         self.utterances_played = 0
         self._history: deque[tuple[int, int, int, int]] = deque(maxlen=_HISTORY)  # stream, loop, index, length
@@ -196,7 +197,7 @@ class LibriSpeechReplay(AudioSource):
                 utterance = order[index]
                 audio = self._decode(utterance)
                 if audio is not None and offset < audio.shape[0]:
-                    phones = utterance.sample_phones(audio.shape[0]) if self.corpus.has_labels else None
+                    phones = self._phones(utterance, audio.shape[0]) if self.corpus.has_labels else None
                     with self._history_lock:
                         self._history.append((stream - offset, loop, index, audio.shape[0]))
                     self.utterances_played += 1
@@ -240,6 +241,15 @@ class LibriSpeechReplay(AudioSource):
             self.samples_nonfinite += bad
             log.warning("%s has %d non-finite samples (passed through)", utterance.path, bad)
         return audio
+
+    def _phones(self, utterance: Utterance, num_samples: int) -> np.ndarray:
+        """Per-sample phones of the decoded utterance; all unknown (reported once per utterance)
+        when its labels' length is far from the audio's."""
+        phones, problem = utterance.phones_for(num_samples)
+        if problem is not None and utterance.id not in self._labels_ignored:
+            self._labels_ignored.add(utterance.id)
+            log.warning("%s; its labels are ignored", problem)
+        return phones
 
     def close(self) -> None:
         self._closed = True
