@@ -205,6 +205,8 @@ def test_eval_on_librispeech_mini_end_to_end(tmp_path, tiny_presets, capsys):
     assert learned["compute_rtf"] > 0 and report["methods"]["random"]["compute_rtf"] is None
     markdown = (out / "eval.md").read_text()
     assert "| CLAPP with e-prop GRU (`clapp_eprop`) | yes |" in markdown and markdown in capsys.readouterr().out
+    per_module = markdown.split("Per module")[1].split("\n\n")[1].splitlines()[2:]
+    assert [row.split(" | ")[0] for row in per_module] == ["| 0", "| 1", "| 2", "| 3", "| 4"]
     assert (out / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -53,8 +53,8 @@ def markdown_tables(report: EvaluationReport) -> str:
             f"{result.train_seconds_audio / 60:.1f} | {rtf} | {wall} |"
         )
     layered = {name: result for name, result in report.methods.items() if result.per_module}
-    if layered:
-        depth = max(m.module for result in layered.values() for m in result.per_module) + 1
+    probed = sorted({m.module for result in layered.values() for m in result.per_module})
+    if len(probed) > 1:  # with only the top module probed, the table above says it all
         lines += [
             "",
             "Per module (0 = lowest conv module; the GRU, if any, last): phones / speakers per frame, in %.",
@@ -62,7 +62,7 @@ def markdown_tables(report: EvaluationReport) -> str:
             "| module | " + " | ".join(f"`{name}`" for name in layered) + " |",
             "|---|" + "---|" * len(layered),
         ]
-        for module in range(depth):
+        for module in probed:
             cells = []
             for result in layered.values():
                 found = [m for m in result.per_module if m.module == module]
