@@ -83,7 +83,7 @@ class ServiceMetrics:
         self.stream_seconds = gauge("stream_seconds", "Stream time of the newest sample delivered by the source.")
         # the stream
         self.windows_processed = counter("windows_processed", "Windows the learner processed.")
-        self.windows_skipped = counter("windows_skipped", "Windows skipped because of non-finite samples or loss.")
+        self.windows_skipped = counter("windows_skipped", "Windows skipped without learning: non-finite samples, a level beyond float32's range, or a non-finite result (rolled back).")
         self.windows_dropped = counter("windows_dropped", "Whole windows lost in the ring buffer because the learner fell behind.")
         self.samples_in = counter("samples_in", "Samples (16 kHz) delivered by the source into the ring buffer.")
         self.samples_dropped = counter("samples_dropped", "Samples overwritten in the ring buffer before the learner read them.")
