@@ -195,7 +195,7 @@ def calibrate(rounds: int = 6) -> tuple[float, float]:
     from online_gim.config import LearnerConfig
     from online_gim.learner import OnlineLearner
     from streams.sources.librispeech import LibriSpeechReplay
-    from streams.windowing import iter_windows
+    from streams.ring_buffer import iter_windows
 
     learner = OnlineLearner(LearnerConfig())
     windows = iter_windows(LibriSpeechReplay(AUDIO, speed=None), window=WINDOW, hop=WINDOW)

@@ -14,9 +14,9 @@ from online_gim.learner import OnlineLearner
 from online_gim.probes import FrameGrid, OnlineProbes, frame_grids, to_label_frames
 from online_gim.state import codec
 from services import learner_view
+from streams.ring_buffer import iter_windows
 from streams.sources.librispeech import LibriSpeechReplay
 from streams.window import FRAME_SAMPLES, UNKNOWN_LABEL, AudioWindow, UtteranceSpan
-from streams.windowing import iter_windows
 
 WINDOW = 5120
 

@@ -19,9 +19,9 @@ from services.replay_schedule import ReplaySchedule
 from services.session import ListenSession
 from streams.replay import ReplayStore
 from streams.replay_config import ReplayConfig
+from streams.ring_buffer import iter_windows
 from streams.sources.librispeech import LibriSpeechReplay
 from streams.window import AudioWindow, UtteranceSpan
-from streams.windowing import iter_windows
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech-mini" / "LibriSpeech"
 requires_mini = pytest.mark.skipif(not AUDIO.is_dir(), reason=f"{AUDIO} is not there")
