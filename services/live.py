@@ -51,7 +51,6 @@ from streams.counters import StreamCounters
 from streams.window import SAMPLE_RATE, UNKNOWN_LABEL, AudioWindow
 
 if TYPE_CHECKING:
-    from online_gim.video.learner import VideoStepReport
     from streams.video_window import VideoWindow
 
 log = logging.getLogger(__name__)
@@ -272,10 +271,10 @@ class LiveBoard:
         self._snapshot = snapshot
         return snapshot
 
-    def on_video_step(self, window: VideoWindow, report: VideoStepReport) -> None:
+    def on_video_step(self, window: VideoWindow, report: StepReport) -> None:
         """Publish one step of the video learner (called on its thread). Never raises."""
         try:
-            self.metrics.observe_video_step(report)
+            self.metrics.observe_video_step(report, window.new_frames)
             previous = self._video
             if report.embeddings and not report.skipped_nonfinite:
                 embedded = (tuple(report.embeddings), window.start_frame, report.updates)

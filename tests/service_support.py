@@ -108,8 +108,8 @@ class FakeStream:
         shift = 0.1 * i
         embeddings = () if skipped else tuple(torch.randn(f, c, generator=self.gen) + shift for f, c in SHAPES)
         return StepReport(
-            step=i + 1, updates=i + 1 - self.skipped, window_start=i * WINDOW, window_samples=WINDOW,
-            skipped_nonfinite=skipped, modules=modules, embeddings=embeddings, seconds=0.05 + 0.001 * (i % 7),
+            step=i + 1, updates=i + 1 - self.skipped, window_start=i * WINDOW, window_length=WINDOW,
+            skipped_nonfinite=skipped, modules=modules, embeddings=embeddings, seconds=0.05 + 0.001 * (i % 7), rate=16_000,
         )
 
     skipped = 0

@@ -131,7 +131,7 @@ def test_every_module_learns_from_memory_negatives_and_reports_per_frame_embeddi
     learner = VideoLearner(config)
     reports = learn(learner, scene_stream(config), passes=2)
     first, last = reports[0], reports[-1]
-    assert first.frames == 16 and first.window_start == 0 and first.new_frames == 16
+    assert first.window_length == 16 and first.window_start == 0 and first.rate == 25.0  # positions count frames
     assert [tuple(e.shape) for e in first.embeddings] == [(16, 8), (16, 16), (16, 16), (16, 32)]
     # the first windows have no frame farther than exclusion_frames in memory: nothing to contrast
     assert not any(m.updated for m in first.modules)
