@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from streams.chunk import AudioChunk, frame_labels_of
+from streams.chunk import frame_labels_of
 from streams.window import UNKNOWN_LABEL, AudioWindow, UtteranceSpan
 
 DEFAULT_WINDOW = 20480

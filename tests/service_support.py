@@ -61,7 +61,8 @@ class FakeMemory:
 
 
 class FakeLearner:
-    """What the board may read from a learner: probes, memories and module parameters."""
+    """What the board may read from a learner (its :class:`~online_gim.run.contract.LearnerView`):
+    probes, memories and module parameters."""
 
     def __init__(self, probes: bool = True) -> None:
         self.memories = [FakeMemory(c) for _, c in SHAPES]
@@ -72,19 +73,22 @@ class FakeLearner:
     def probe_readout(self) -> ProbeReadout | None:
         return self.readout if self.has_probes else None
 
-    def encoder_state(self) -> dict[str, torch.Tensor]:
-        return {f"stages.{m}.{name}": p for m, layer in enumerate(self.weights) for name, p in layer.state_dict().items()}
+    def module_parameters(self) -> list[list[torch.Tensor]]:
+        return [list(layer.parameters()) for layer in self.weights]
 
 
 class FakeStream:
-    """Makes windows, step reports and counters whose values drift over time, and feeds a board."""
+    """Makes windows, step reports and counters whose values drift over time, and feeds a board
+    (whose stream it is: the board reads its counters and buffer fill ratio)."""
 
     def __init__(self, board: LiveBoard, learner: FakeLearner | None = None, seed: int = 0) -> None:
         self.board = board
         self.learner = learner
         self.counters = StreamCounters()
+        self.fill_ratio: float | None = None
         self.step = 0
         self.gen = torch.Generator().manual_seed(seed)
+        board.attach_stream(self)
 
     def window(self) -> AudioWindow:
         i = self.step
@@ -136,7 +140,7 @@ class FakeStream:
             self.counters.samples_in += WINDOW
             self.counters.windows_emitted += 1
             self.counters.source_seconds = (self.step + 1) * WINDOW / 16000
-            self.board.on_step(window, report, self.counters)
+            self.board.on_step(window, report)
             self.step += 1
 
 

@@ -103,13 +103,12 @@ def test_a_run_with_an_end_shows_its_progress(small_config):
 
 
 def test_the_audio_to_process_is_the_least_known_end():
-    import argparse
-
     from services.cli.listen import audio_to_process
+    from services.cli.listen_options import RunOptions
     from streams.sources.librispeech import LibriSpeechReplay
 
     def total(source, duration=None, max_windows=None, hop=WINDOW):
-        return audio_to_process(argparse.Namespace(duration=duration, max_windows=max_windows), source, WINDOW, hop)
+        return audio_to_process(RunOptions(duration=duration, max_windows=max_windows), source, WINDOW, hop)
 
     one_pass = LibriSpeechReplay(AUDIO, speed=None)  # what its windows span: the remainder is left out
     assert total(one_pass) == len(replay_audio()) // WINDOW * WINDOW / 16_000
@@ -163,7 +162,8 @@ def test_errors_in_the_options_are_one_sentence(tmp_path):
 def test_observers_see_every_step_and_are_closed_once(small_config):
     from online_gim.config import load_config
     from online_gim.learner import OnlineLearner
-    from services.session import ListenSession, StepObserver
+    from online_gim.run.audio import ListenSession
+    from online_gim.run.contract import StepObserver
     from streams.sources.librispeech import LibriSpeechReplay
 
     class Recorder:
@@ -171,7 +171,8 @@ def test_observers_see_every_step_and_are_closed_once(small_config):
             self.starts: list[int] = []
             self.closed = 0
 
-        def on_step(self, window, report, counters) -> None:
+        def on_step(self, window, report) -> None:
+            counters = session.counters  # the stream's, as the observer reads them
             assert report.window_start == window.start_sample and counters.windows_emitted == len(self.starts) + 1
             self.starts.append(window.start_sample)
 

@@ -359,21 +359,21 @@ def test_listen_options_fail_early_with_one_sentence(monkeypatch):
     parser = argparse.ArgumentParser()
     service_options.add_arguments(parser)
     monkeypatch.delenv("ONLINE_GIM_TOKEN", raising=False)
-    service_options.check(parser.parse_args([]))  # the default, 127.0.0.1:8000
-    service_options.check(parser.parse_args(["--http", "0.0.0.0:8000", "--no-http"]))
-    service_options.check(parser.parse_args(["--http", "0.0.0.0:8000", "--token", "t"]))
+    service_options.from_args(parser.parse_args([]))  # the default, 127.0.0.1:8000
+    service_options.from_args(parser.parse_args(["--http", "0.0.0.0:8000", "--no-http"]))
+    service_options.from_args(parser.parse_args(["--http", "0.0.0.0:8000", "--token", "t"]))
     with pytest.raises(CliError, match="not a loopback address"):
-        service_options.check(parser.parse_args(["--http", "0.0.0.0:8000"]))
+        service_options.from_args(parser.parse_args(["--http", "0.0.0.0:8000"]))
     with pytest.raises(CliError, match="HOST:PORT"):
-        service_options.check(parser.parse_args(["--http", "8000"]))
+        service_options.from_args(parser.parse_args(["--http", "8000"]))
     monkeypatch.setenv("ONLINE_GIM_TOKEN", "from-env")
-    service_options.check(parser.parse_args(["--http", "0.0.0.0:8000"]))
+    service_options.from_args(parser.parse_args(["--http", "0.0.0.0:8000"]))
     board = make_board()
-    handle = service_options.start(parser.parse_args(["--http", "127.0.0.1:0"]), board)
+    handle = service_options.start(service_options.from_args(parser.parse_args(["--http", "127.0.0.1:0"])), board)
     try:
         assert get(handle, "/v1/status").status_code == 401
         assert get(handle, "/v1/status?token=from-env").status_code == 200
     finally:
         handle.stop()
         board.close()
-    assert service_options.start(parser.parse_args(["--no-http"]), board) is None
+    assert service_options.from_args(parser.parse_args(["--no-http"])) is None
