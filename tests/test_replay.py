@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import online_gim.run.replay_schedule
-import online_gim.run.schedule
 import streams.replay
 from online_gim.config import LearnerConfig, load_config
 from online_gim.learner import OnlineLearner
@@ -38,7 +37,7 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("module", [streams.replay, online_gim.run.replay_schedule, online_gim.run.schedule])
+@pytest.mark.parametrize("module", [streams.replay, online_gim.run.replay_schedule])
 def test_docstring_examples(module):
     assert doctest.testmod(module).failed == 0
 
