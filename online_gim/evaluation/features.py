@@ -46,7 +46,7 @@ class SplitLabels:
         speakers: ``(N,)`` int64 index of each kept frame's speaker in the speaker list given to
             :func:`split_labels`, -1 for a speaker not in it.
         utterance_speakers: ``(U,)`` int64 speaker index of each segment, -1 if not in the list.
-        seconds: seconds of audio in the segments.
+        seconds: seconds of audio in ``segments``.
     """
 
     segments: tuple[Segment, ...]
@@ -128,10 +128,12 @@ def split_labels(segments: Sequence[Segment], *, speakers: Sequence[str], max_fr
     keep_probability = min(1.0, max_frames / total) if total else 1.0
     rng = np.random.default_rng(seed)
     kept_segments, keeps, phones, frame_speakers, utterance_speakers = [], [], [], [], []
+    kept_samples = 0
     for segment, samples in zip(segments, lengths):
         frames = samples // FRAME_SAMPLES
         if frames == 0:
             continue
+        kept_samples += samples
         keep = rng.random(frames) < keep_probability
         labels = frame_labels_of(segment.sample_phones()).astype(np.int64)
         speaker = index.get(segment.speaker, -1)
@@ -148,7 +150,7 @@ def split_labels(segments: Sequence[Segment], *, speakers: Sequence[str], max_fr
         phones=torch.cat(phones),
         speakers=torch.cat(frame_speakers),
         utterance_speakers=torch.tensor(utterance_speakers, dtype=torch.long),
-        seconds=sum(lengths) / SAMPLE_RATE,
+        seconds=kept_samples / SAMPLE_RATE,
     )
 
 
@@ -162,16 +164,16 @@ def extract_features(labels: SplitLabels, encode: Encoder, *, progress: Progress
     """
     kept: list[list[torch.Tensor]] = []
     means: list[list[torch.Tensor]] = []
-    encoded = 0.0
+    encoded = 0  # samples
     for segment, keep in zip(labels.segments, labels.keep):
         audio = segment.load()
         features = encode(audio)
         mask = torch.from_numpy(keep)
         kept.append([f[mask] for f in features])
         means.append([f.mean(dim=0) for f in features])
-        encoded += audio.shape[0] / SAMPLE_RATE
+        encoded += audio.shape[0]
         if progress is not None:
-            progress(encoded, labels.seconds)
+            progress(encoded / SAMPLE_RATE, labels.seconds)
     return SplitFeatures(
         frames=tuple(torch.cat(module) for module in zip(*kept)),
         utterance_means=tuple(torch.stack(module) for module in zip(*means)),
