@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service_support import SHAPES, make_board, running_service
+from service_support import SHAPES, FakeStream, StoppedClock, make_board, running_service
 from services.http import ServiceConfigError, is_loopback, parse_host_port, serve_in_thread
 
 
@@ -222,6 +222,27 @@ def test_non_finite_and_oversized_bodies_are_refused(service):
     r = httpx.post(handle.url + "/v1/neighbors", content=b"[" + b"1.0," * 400_000 + b"1.0]",
                    headers={"content-type": "application/json"}, timeout=10)
     assert r.status_code == 413
+
+
+def test_readiness_fails_after_a_stall_and_when_the_source_closes_and_recovers_with_the_next_window():
+    clock = StoppedClock()
+    board = make_board(clock=clock, stall_seconds=15.0)
+    handle = serve_in_thread(board, "127.0.0.1", 0, None)
+    try:
+        stream = FakeStream(board)
+        stream.feed(1)
+        assert get(handle, "/readyz").json() == {"ready": True, "reason": "source open and learner stepping"}
+        clock.now += 15.5
+        stalled = get(handle, "/readyz")
+        assert stalled.status_code == 503 and stalled.json()["reason"] == "no window processed for 15.5 s"
+        stream.feed(1)
+        assert get(handle, "/readyz").status_code == 200
+        board.set_source_state(open=False)
+        assert get(handle, "/readyz").json() == {"ready": False, "reason": "the source is not open"}
+    finally:
+        handle.stop()
+        board.close()
+    assert board.readiness() == (False, "the board is closed (the stream has ended)")
 
 
 def test_before_the_first_window_endpoints_answer_4xx_not_5xx():
