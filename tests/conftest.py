@@ -78,3 +78,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         seconds = float(marker.args[0]) if marker is not None and marker.args else default
         if seconds > 0:
             item.add_marker(pytest.mark.timeout(seconds * factor), append=False)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """The slowdown the deadlines were stretched by, with the results (what a slow run is judged by)."""
+    from machine_speed import slowdown
+
+    if slowdown.cache_info().currsize:  # measured: tests were collected
+        terminalreporter.write_line(f"machine slowdown {slowdown():.1f}x: timeouts and waits stretched by it")
