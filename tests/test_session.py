@@ -147,6 +147,25 @@ def test_a_session_stops_at_max_windows_on_request_and_on_a_source_error():
         Session(Stream(()), Learner(), max_windows=0)
 
 
+def test_a_stop_wins_over_the_end_of_stream_it_causes_but_not_over_a_source_error():
+    """``--source av``: stopping the audio learner ends the video learner's frames, and the video
+    session still says why it stopped; a source error still says so."""
+
+    class EndsWhenStopped(Stream):
+        session: Session
+
+        def read(self, timeout: float) -> Window | None:
+            if not self.windows:
+                self.session.stop("signal:SIGINT")  # the stop that ends this stream, just before it ends
+            return super().read(timeout)
+
+    for ending, expected in (("end_of_stream", "signal:SIGINT"), ("duration", "signal:SIGINT"), ("source_error", "source_error")):
+        stream = EndsWhenStopped(windows(2), ending=ending, error="broken" if ending == "source_error" else None)
+        stream.session = session = Session(stream, Learner())
+        tally = session.run()
+        assert (tally.stop_reason, tally.windows_processed) == (expected, 2), ending
+
+
 def test_the_module_budget_chooses_the_modules_from_the_streams_backlog():
     falling_behind = Backlog(fill_ratio=0.6, windows_ready=4, windows_dropped=0)
     learner = Learner()

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from machine_speed import scaled
 from online_gim.local_update import ModuleSchedule
 from online_gim.video import VideoLearner, VideoLearnerConfig, load_video_config
 from online_gim.video.bench import measure_video_fps_learn
@@ -63,7 +64,7 @@ def small_video_yaml(tmp_path_factory) -> Path:
 
 
 def listen(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*LISTEN, "--no-http", "--quiet", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run([*LISTEN, "--no-http", "--quiet", *args], capture_output=True, text=True, timeout=scaled(timeout), cwd=ROOT)
 
 
 def scene_stream(config: VideoLearnerConfig, *, scenes: int = 6, camera_seed: int = 0) -> list[VideoFrame]:
@@ -396,9 +397,9 @@ def test_a_signal_stops_both_learners_of_av_cleanly_at_real_time_pace(tmp_path, 
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     summary_path = tmp_path / "s.json"
-    time.sleep(6)  # start-up, then a few seconds of the file at 1x
+    time.sleep(scaled(6))  # start-up, then a few seconds of the file at 1x
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=scaled(60))
     assert process.returncode == 0, stderr
     summary = json.loads(summary_path.read_text())
     assert summary["stop_reason"] == summary["video_stop_reason"] == "signal:SIGINT"

@@ -219,16 +219,23 @@ class Session(Generic[W]):
             window = stream.read(READ_TIMEOUT_SECONDS)
             if window is None:
                 if stream.ended is not None:
-                    self.tally.error = stream.error
-                    return stream.ended
+                    return self._ended()
                 continue
             self._step(window)
             if stream.ended is not None:  # that was the stream's last window
-                self.tally.error = stream.error
-                return stream.ended
+                return self._ended()
             if self.max_windows is not None and self.tally.windows_processed >= self.max_windows:
                 return "max_windows"
         return self._stop_reason or "stopped"
+
+    def _ended(self) -> str:
+        """The stop reason once the stream has ended: a stop asked for meanwhile wins over the end
+        (the stream of ``--source av``'s video learner ends because the audio one was stopped), a
+        source error over both."""
+        self.tally.error = self.stream.error
+        if self._stop.is_set() and self.stream.ended != "source_error":
+            return self._stop_reason or "stopped"
+        return self.stream.ended
 
     def _step(self, window: W) -> None:
         modules = None
