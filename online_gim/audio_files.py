@@ -21,9 +21,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from streams.ring_buffer import iter_windows
 from streams.sources.file import FileSource
 from streams.window import AudioWindow
-from streams.windowing import DEFAULT_WINDOW, iter_windows
+from streams.windowing import DEFAULT_WINDOW
 
 
 class Embedder(Protocol):

@@ -81,7 +81,7 @@ def speech_windows(count: int, window: int, *, corpus_dir: Path | None) -> list[
             for i, samples in enumerate(phone_like_stream(count, window))
         ]
     from streams.sources.synth import SynthSource
-    from streams.windowing import iter_windows
+    from streams.ring_buffer import iter_windows
 
     with SynthSource(corpus_dir=corpus_dir, speed=None, loop=True) as source:
         return list(islice(iter_windows(source, window=window, hop=window, source_id="bench"), count))

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,14 +14,14 @@ from online_gim.adam import Adam
 from online_gim.config import LearnerConfig
 from online_gim.conv import ConvModule
 from online_gim.eprop import EligibilityTraces, StopGradientGRU
-from online_gim.finite import StepGuard, repair_loaded_state, repairable_paths
 from online_gim.input_norm import InputNormalizer
-from online_gim.local_update import LocalStage, ModuleSchedule, apply_local_loss, module_report, step_optimizer
+from online_gim.local_update import LocalStage, apply_local_loss, module_report, step_optimizer
 from online_gim.losses import LossParts, product_dtype
 from online_gim.memory import NegativeMemory
 from online_gim.objective import WindowPool
 from online_gim.probes import OnlineProbes
-from online_gim.report import ModuleReport, ProbeReadout, SkipReason, StepReport
+from online_gim.report import ModuleReport, ProbeReadout
+from online_gim.stack_learner import StackLearner
 from streams.window import FRAME_SAMPLES, AudioWindow
 
 
@@ -36,7 +34,7 @@ class _WindowContext:
     replay: bool = False
 
 
-class OnlineLearner:
+class OnlineLearner(StackLearner[AudioWindow]):
     """Greedy InfoMax / CLAPP learner that updates on every new window of a stream.
 
     The stack: conv modules (Conv1d -> normalisation -> ReLU, see ``ConvModule``) and a GRU
@@ -48,7 +46,9 @@ class OnlineLearner:
 
     ``step(window)`` is the one way to feed data in. It normalises the window with running input
     statistics, runs the stack, updates the scheduled modules and the memories, and returns a
-    :class:`StepReport`. ``step(window, replay=True)`` learns once more from a window of the past
+    :class:`~online_gim.report.StepReport` (the :class:`~online_gim.run.contract.StreamLearner`
+    contract; the step, its guard and the state tree are :class:`StackLearner`'s).
+    ``step(window, replay=True)`` learns once more from a window of the past
     (:mod:`streams.replay`): the weights update as on a new window, but nothing that describes the
     live stream changes (running input and ``time``-norm statistics, negative memories, online
     probes, the GRU's state and traces, which the replayed window runs from zero as a segment of
@@ -77,18 +77,17 @@ class OnlineLearner:
         [(4095, 512), (1023, 512), (512, 512), (257, 512), (128, 512), (128, 256)]
     """
 
+    config: LearnerConfig
+
     def __init__(self, config: LearnerConfig) -> None:
-        self.config = config
-        torch.manual_seed(config.seed)
-        self._generator = torch.Generator().manual_seed(config.seed)
-        self._rng = np.random.default_rng(config.seed)
+        super().__init__(config)
         self.input_norm = InputNormalizer(
             momentum=config.input_momentum,
             local_samples=round(config.input_gain_ms * 16) if config.input_gain == "local" else None,
             local_floor=config.input_gain_floor,
         )
         self.product_dtype = product_dtype(config.precision)
-        self.stages: list[LocalStage] = []
+        self._convs = len(config.encoder.convs)  # stages[:_convs] are conv modules, a GRU (if any) is last
         in_channels, stride = 1, 1
         for index, layer in enumerate(config.encoder.convs):
             module = ConvModule(
@@ -116,13 +115,9 @@ class OnlineLearner:
             parameters = [p for stage in self.stages for p in stage.module.parameters()]
             parameters += list(self.stages[-1].head.parameters())
             self._e2e_optimizer = Adam(parameters, lr=config.optim.lr, moments=config.optim.moments)
-        self.steps = 0
-        self.updates = 0
-        self.replayed = 0
-        self.windows_skipped_nonfinite = 0
         self.probes = OnlineProbes(config.probes, config.encoder) if config.probes is not None else None
-        self._schedule = ModuleSchedule("all" if config.mode == "e2e" else config.schedule, len(self.stages), self._rng)
-        self._guard = StepGuard(self._volatile_state, self._load_volatile_state)
+        self._learn_stack = self._step_e2e if config.mode == "e2e" else self._step_greedy
+        self._start("all" if config.mode == "e2e" else config.schedule)
 
     @property
     def _exclusion_frames(self) -> int:
@@ -137,118 +132,45 @@ class OnlineLearner:
         )
 
     @property
-    def num_modules(self) -> int:
-        return len(self.stages)
-
-    @property
-    def memories(self) -> list[NegativeMemory]:
-        """Each module's negative memory (the GRU shares the top conv module's)."""
-        return [stage.memory for stage in self.stages]
-
-    @property
     def optimizers(self) -> list[Adam]:
         """Every optimiser the learner holds: one per module, and the end-to-end one in ``e2e`` mode."""
         e2e = [self._e2e_optimizer] if self.config.mode == "e2e" else []
         return [stage.optimizer for stage in self.stages] + e2e
 
-    # ------------------------------------------------------------------ schedules
-
-    def _scheduled(self, modules: Sequence[int] | None) -> set[int]:
-        return self._schedule.choose(modules)
-
     # ------------------------------------------------------------------ the step
 
-    def step(self, window: AudioWindow, modules: Sequence[int] | None = None, *, replay: bool = False) -> StepReport:
-        """Learns from one window.
-
-        Args:
-            window: the window; ``window.samples`` is ``(n,)`` float at 16 kHz,
-                ``n == config.window``.
-            modules: update only these modules this window (overrides the schedule); all
-                modules still run forward. Ignored in ``e2e`` mode.
-            replay: the window is replayed from the past (class docstring): counted in
-                ``replayed``, not in ``steps``.
-        Returns:
-            The :class:`StepReport` of this window.
-        Raises:
-            ValueError: the window has the wrong shape, or phone labels the probes cannot use.
-        """
-        started = time.perf_counter()
+    def _window_values(self, window: AudioWindow) -> torch.Tensor:
+        """``window.samples``, ``(n,)`` float at 16 kHz with ``n == config.window``; raises
+        ``ValueError`` for another shape or phone labels the probes cannot use."""
         samples = window.samples
         if samples.dim() != 1 or samples.shape[0] != self.config.window:
             raise ValueError(f"window must be ({self.config.window},) samples, got {tuple(samples.shape)}")
         if self.probes is not None:
             self.probes.check(window)
-        if replay:
-            self.replayed += 1
-        else:
-            self.steps += 1
-        outcome = self._guard.run(samples, lambda: self._learn(window, self._scheduled(modules), started, replay))
-        if not isinstance(outcome, SkipReason):
-            return outcome
-        self.windows_skipped_nonfinite += 1
-        return self._report(window, [], [], started, skip=outcome, replay=replay)
+        return samples
 
-    def _learn(self, window: AudioWindow, scheduled: set[int], started: float, replay: bool) -> StepReport:
-        """The step of a window that passed the level check, inside the step guard (raises
-        :class:`~online_gim.finite.NonFiniteState` when the window made the volatile state non-finite)."""
+    def _learn(
+        self, window: AudioWindow, scheduled: set[int], replay: bool
+    ) -> tuple[list[ModuleReport], list[torch.Tensor], ProbeReadout | None]:
+        """Normalises the window, runs the stack (``greedy``: each module on its own loss;
+        ``e2e``: one loss at the top), then the probes (not on a replay)."""
         context = _WindowContext(window=window, speakers=window.frame_speakers(), replay=replay)
-        with self._replay_scope() if replay else nullcontext():
-            x = self.input_norm.update_and_apply(window.samples.to(torch.float32))[None, None, :]
-            if self.config.mode == "e2e":
-                module_reports, embeddings = self._step_e2e(x, context)
-            else:
-                module_reports, embeddings = self._step_greedy(x, context, scheduled)
-            # the probes read detached copies after the encoder's update: they never train the encoder
-            probes = self.probes.update(window, embeddings).readout if self.probes is not None and not replay else None
-            self._guard.verify(outputs=embeddings)
-        if any(report.updated for report in module_reports):
-            self.updates += 1
-        return self._report(window, module_reports, embeddings, started, probes=probes, replay=replay)
+        x = self.input_norm.update_and_apply(window.samples.to(torch.float32))[None, None, :]
+        module_reports, embeddings = self._learn_stack(x, context, scheduled)
+        # the probes read detached copies after the encoder's update: they never train the encoder
+        probes = self.probes.update(window, embeddings).readout if self.probes is not None and not replay else None
+        return module_reports, embeddings, probes
 
-    @contextmanager
-    def _replay_scope(self) -> Iterator[None]:
-        """The live stream's volatile state (statistics, GRU state and traces, probes: what the step
-        guard watches), copied before a replayed window and put back after it; the GRU runs the
-        replayed window from a zero state and zero traces."""
-        saved = copy.deepcopy(self._volatile_state())
+    def _begin_replay(self) -> None:
+        """The GRU runs a replayed window from a zero state and zero traces, as a segment of its own."""
         self.hidden = torch.zeros_like(self.hidden)
         if self.traces is not None:
             for trace in self.traces.traces:
                 trace.zero_()
-        try:
-            yield
-        finally:
-            self._load_volatile_state(saved)
 
     def probe_readout(self) -> ProbeReadout | None:
         """The online probes' readout of the newest window; ``None`` without probes or before a window."""
         return self.probes.readout if self.probes is not None else None
-
-    def _report(
-        self,
-        window: AudioWindow,
-        modules: list[ModuleReport],
-        embeddings: list[torch.Tensor],
-        started: float,
-        *,
-        probes: ProbeReadout | None = None,
-        skip: SkipReason | None = None,
-        replay: bool = False,
-    ) -> StepReport:
-        return StepReport(
-            step=self.steps,
-            updates=self.updates,
-            window_start=window.start_sample,
-            window_samples=int(window.samples.shape[0]),
-            skipped_nonfinite=skip is not None,
-            modules=tuple(modules),
-            embeddings=tuple(embeddings),
-            seconds=time.perf_counter() - started,
-            probes=probes,
-            skip=skip,
-            replay=replay,
-        )
 
     def _step_greedy(
         self, x: torch.Tensor, context: _WindowContext, scheduled: set[int]
@@ -263,7 +185,7 @@ class OnlineLearner:
         embeddings: list[torch.Tensor] = []
         for index, stage in enumerate(self.stages):
             started = time.perf_counter() - (forward_seconds[index] if index < len(outputs) else 0.0)
-            if isinstance(stage.module, ConvModule):
+            if index < self._convs:
                 frames = outputs[index][0].T  # (T, C)
                 if not context.replay:
                     self._remember(stage, frames, context)
@@ -283,13 +205,12 @@ class OnlineLearner:
         convs: list[torch.Tensor] = []
         seconds: list[float] = []
         h = x
-        for stage in self.stages:
-            if isinstance(stage.module, ConvModule):
-                started = time.perf_counter()
-                h, conv = stage.module.forward_window_keeping_conv(h, update_statistics=True)
-                outputs.append(h)
-                convs.append(conv)
-                seconds.append(time.perf_counter() - started)
+        for stage in self.stages[: self._convs]:
+            started = time.perf_counter()
+            h, conv = stage.module.forward_window_keeping_conv(h, update_statistics=True)
+            outputs.append(h)
+            convs.append(conv)
+            seconds.append(time.perf_counter() - started)
         return outputs, convs, seconds
 
     def _module_report(self, index: int, parts: LossParts | None, frames: torch.Tensor, started: float) -> ModuleReport:
@@ -405,16 +326,17 @@ class OnlineLearner:
         self._step_optimizer(stage.optimizer)
         return states, parts
 
-    def _step_e2e(self, x: torch.Tensor, context: _WindowContext) -> tuple[list[ModuleReport], list[torch.Tensor]]:
+    def _step_e2e(
+        self, x: torch.Tensor, context: _WindowContext, scheduled: set[int]
+    ) -> tuple[list[ModuleReport], list[torch.Tensor]]:
         """One loss at the top, back-propagated through the whole stack (and through time
-        within the window for a ``bptt`` GRU)."""
+        within the window for a ``bptt`` GRU); every module updates (``scheduled`` is all)."""
         started = time.perf_counter()
         outputs: list[torch.Tensor] = []
         h = x
-        for stage in self.stages:
-            if isinstance(stage.module, ConvModule):
-                h = stage.module.forward_window(h, update_statistics=True)
-                outputs.append(h[0].T)
+        for stage in self.stages[: self._convs]:
+            h = stage.module.forward_window(h, update_statistics=True)
+            outputs.append(h[0].T)
         targets = outputs[-1]  # (T, C) top conv encodings, with the graph
         top = self.stages[-1]
         if self.gru is not None:
@@ -464,44 +386,25 @@ class OnlineLearner:
             raise ValueError("samples contain NaN or Inf")
         h = self.input_norm.apply(samples.to(torch.float32))[None, None, :]
         outputs: list[torch.Tensor] = []
-        for stage in self.stages:
-            if isinstance(stage.module, ConvModule):
-                h = stage.module.forward_window(h, update_statistics=False)
-                outputs.append(h[0].T)  # a view: nothing writes into h
-            elif isinstance(stage.module, StopGradientGRU):
-                outputs.append(stage.module.run(h[0].T, torch.zeros(stage.module.hidden_size)))
-            else:
-                states, _ = stage.module(h[0].T[:, None, :])
-                outputs.append(states[:, 0])
+        for stage in self.stages[: self._convs]:
+            h = stage.module.forward_window(h, update_statistics=False)
+            outputs.append(h[0].T)  # a view: nothing writes into h
+        if self.config.encoder.gru == "eprop":
+            outputs.append(self.gru.run(h[0].T, torch.zeros(self.gru.hidden_size)))
+        elif self.gru is not None:
+            states, _ = self.gru(h[0].T[:, None, :])
+            outputs.append(states[:, 0])
         return outputs
 
     # ------------------------------------------------------------------ state
 
-    def state_dict(self) -> dict[str, object]:
-        """The whole learner state: weights, statistics, optimisers, memories, traces, RNGs, counters."""
+    def _extra_state(self) -> dict[str, object]:
+        """The memories (once each: the GRU shares the top conv module's), the GRU's state and
+        traces, the end-to-end optimiser and the probes."""
         state: dict[str, object] = {
-            "config": self.config.model_dump(mode="json"),
-            "input_norm": self.input_norm.state_dict(),
-            "stages": [
-                {
-                    "module": stage.module.state_dict(),
-                    "head": stage.head.state_dict(),
-                    "optimizer": stage.optimizer.state_dict(),
-                }
-                for stage in self.stages
-            ],
             "memories": [self.stages[i].memory.state_dict() for i in self._memory_owners()],
             "hidden": self.hidden.clone(),
             "traces": self.traces.state_dict() if self.traces is not None else {},
-            "counters": {
-                "steps": self.steps,
-                "updates": self.updates,
-                "windows_skipped_nonfinite": self.windows_skipped_nonfinite,
-                "replayed": self.replayed,
-                "round_robin": self._schedule.round_robin,
-            },
-            "torch_generator": self._generator.get_state(),
-            "numpy_rng": self._rng.bit_generator.state,
         }
         if self.config.mode == "e2e":
             state["e2e_optimizer"] = self._e2e_optimizer.state_dict()
@@ -509,26 +412,36 @@ class OnlineLearner:
             state["probes"] = self.probes.state_dict()
         return state
 
-    def _volatile_state(self) -> dict[str, object]:
-        """What a step changes besides the weights, the optimiser moments and the memories (whose
-        commits guard themselves), as live tensors: the step guard's view (:mod:`online_gim.finite`)."""
-        state: dict[str, object] = {
-            "input_norm": self.input_norm.state_dict(),
-            "stages": [{"module": dict(stage.module.named_buffers())} for stage in self.stages],
-            "hidden": self.hidden,
-        }
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        for owner, memory_state in zip(self._memory_owners(), state["memories"]):
+            self.stages[owner].memory.load_state_dict(memory_state)
+        self.hidden = state["hidden"].clone()
+        if self.traces is not None:
+            self.traces.load_state_dict(state["traces"])
+        if self.config.mode == "e2e":
+            self._e2e_optimizer.load_state_dict(state["e2e_optimizer"])
+        if self.probes is not None:
+            self.probes.load_state_dict(state["probes"])
+
+    def _named_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        optimizers = super()._named_optimizers()
+        if self.config.mode == "e2e":
+            optimizers["e2e_optimizer"] = self._e2e_optimizer
+        return optimizers
+
+    def _named_memories(self) -> dict[str, NegativeMemory]:
+        return {f"memories.{i}": self.stages[owner].memory for i, owner in enumerate(self._memory_owners())}
+
+    def _extra_volatile_state(self) -> dict[str, object]:
+        """The GRU's state, the e-prop traces and the probes."""
+        state: dict[str, object] = {"hidden": self.hidden}
         if self.traces is not None:
             state["traces"] = self.traces.named_traces()
         if self.probes is not None:
             state["probes"] = self.probes.state_dict()
         return state
 
-    def _load_volatile_state(self, state: dict[str, object]) -> None:
-        """Restores a copy of :meth:`_volatile_state`."""
-        self.input_norm.load_state_dict(state["input_norm"])
-        for stage, saved in zip(self.stages, state["stages"]):
-            for name, buffer in stage.module.named_buffers():
-                buffer.copy_(saved["module"][name])
+    def _load_extra_volatile_state(self, state: dict[str, Any]) -> None:
         self.hidden = state["hidden"]
         if self.traces is not None:
             self.traces.load_state_dict(state["traces"])
@@ -542,67 +455,3 @@ class OnlineLearner:
             if all(stage.memory is not self.stages[o].memory for o in owners):
                 owners.append(index)
         return owners
-
-    def load_state_dict(self, state: dict[str, object]) -> list[str]:
-        """Restores :meth:`state_dict`'s output.
-
-        A state may hold NaN or Inf where the stream can estimate the values again (a checkpoint
-        written before the step guard, :mod:`online_gim.finite`): such parts are reset to their
-        initial values: the running input and normalisation statistics, the GRU state, the e-prop
-        traces, the probes, an optimiser's moments, a memory's entries.
-
-        Returns:
-            The parts reset (``input_norm``, ``stages.2.module``, ``traces``, ``memories.0``, ...),
-            empty for a sound state.
-        Raises:
-            ValueError: the state was written with a different configuration (the message names
-                the first differing field).
-            NonFiniteState: learned weights (a module's parameters or its prediction head) are not
-                finite: they cannot be estimated again; nothing is changed.
-        """
-        saved = LearnerConfig.model_validate(state["config"])
-        if saved != self.config:
-            raise ValueError(f"state was saved with a different config: {_first_difference(saved, self.config)}")
-        paths = repairable_paths(state, self.stages)
-        self.input_norm.load_state_dict(state["input_norm"])
-        for stage, saved_stage in zip(self.stages, state["stages"]):
-            stage.module.load_state_dict(saved_stage["module"])
-            stage.head.load_state_dict(saved_stage["head"])
-            stage.optimizer.load_state_dict(saved_stage["optimizer"])
-        for owner, memory_state in zip(self._memory_owners(), state["memories"]):
-            self.stages[owner].memory.load_state_dict(memory_state)
-        self.hidden = state["hidden"].clone()
-        if self.traces is not None:
-            self.traces.load_state_dict(state["traces"])
-        counters = state["counters"]
-        self.steps = int(counters["steps"])
-        self.updates = int(counters["updates"])
-        self.windows_skipped_nonfinite = int(counters["windows_skipped_nonfinite"])
-        self.replayed = int(counters.get("replayed", 0))  # absent from checkpoints written before replay
-        self._schedule.round_robin = int(counters["round_robin"])
-        self._generator.set_state(state["torch_generator"])
-        self._rng.bit_generator.state = state["numpy_rng"]
-        if self.config.mode == "e2e":
-            self._e2e_optimizer.load_state_dict(state["e2e_optimizer"])
-        if self.probes is not None:
-            self.probes.load_state_dict(state["probes"])
-        optimizers = {f"stages.{i}.optimizer": stage.optimizer for i, stage in enumerate(self.stages)}
-        if self.config.mode == "e2e":
-            optimizers["e2e_optimizer"] = self._e2e_optimizer
-        memories = {f"memories.{i}": self.stages[owner].memory for i, owner in enumerate(self._memory_owners())}
-        return repair_loaded_state(paths, self._guard, optimizers=optimizers, memories=memories)
-
-
-def _first_difference(a: LearnerConfig, b: LearnerConfig) -> str:
-    """Names the first field (dotted path) where two configs differ, with both values."""
-
-    def walk(x: object, y: object, path: str) -> str | None:
-        if isinstance(x, dict) and isinstance(y, dict):
-            for key in x:
-                found = walk(x[key], y.get(key), f"{path}.{key}" if path else key)
-                if found:
-                    return found
-            return None
-        return None if x == y else f"{path}: saved {x!r}, now {y!r}"
-
-    return walk(a.model_dump(mode="json"), b.model_dump(mode="json"), "") or "unknown field"

@@ -65,41 +65,51 @@ class ModuleReport:
 
 @dataclass(frozen=True)
 class StepReport:
-    """What the learner did with one window.
+    """What a learner did with one window, the same for every learner (audio, video, a stage of
+    modules): stream positions count the stream's **units** (samples of a 16 kHz audio stream,
+    frames of a video stream), and ``rate`` is units per second of stream.
 
     Attributes:
-        step: the learner's window counter after this window (counts skipped windows too).
+        step: the learner's window counter after this window (counts skipped windows too; replayed
+            windows are counted apart, see ``replay``).
         updates: number of windows that updated weights so far (the model step).
-        window_start: stream position of the window's first sample.
-        window_samples: number of samples in the window.
+        window_start: stream position (in units) of the window's first unit.
+        window_length: units in the window.
         skipped_nonfinite: the window was skipped (see ``skip``).
         modules: one report per module, bottom to top.
         embeddings: per module, its ``(frames, channels)`` output on this window (detached,
             float32); empty when the window was skipped.
         seconds: wall-clock seconds of the whole step.
+        rate: units per second of the stream (16000 for audio, the frame rate for video).
         probes: what the learner's online probes read from this window (``None`` without probes,
             when the window was skipped, or when it was replayed).
         skip: why the window was skipped; ``None`` when it was learned from.
-        replay: the window was replayed from the past (``OnlineLearner.step(..., replay=True)``),
-            not a new window of the stream.
+        replay: the window was replayed from the past (``step(..., replay=True)``), not a new
+            window of the stream.
     """
 
     step: int
     updates: int
     window_start: int
-    window_samples: int
+    window_length: int
     skipped_nonfinite: bool
     modules: tuple[ModuleReport, ...]
     embeddings: tuple[torch.Tensor, ...]
     seconds: float
+    rate: float
     probes: ProbeReadout | None = None
     skip: SkipReason | None = None
     replay: bool = False
 
     @property
+    def window_seconds(self) -> float:
+        """Seconds of stream the window spans."""
+        return self.window_length / self.rate
+
+    @property
     def real_time_factor(self) -> float:
-        """Seconds of compute per second of audio (below 1 keeps up with a live stream)."""
-        return self.seconds / (self.window_samples / 16_000) if self.window_samples else float("nan")
+        """Seconds of compute per second of stream in the window (below 1 keeps up with a live stream)."""
+        return self.seconds / self.window_seconds if self.window_length else float("nan")
 
 
 @dataclass(frozen=True)

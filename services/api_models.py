@@ -6,19 +6,9 @@ never NaN, so every response is strict JSON.
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
-
-def finite_or_none(value: Any) -> float | None:
-    """``value`` as a float when it is a finite number, else ``None`` (JSON has no NaN)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
 
 MAX_NEIGHBORS = 100
 MAX_EMBEDDING_FRAMES = 256

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
-
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -27,9 +25,6 @@ from prometheus_client import (
 
 from online_gim.report import ProbeReadout, StepReport
 from streams.counters import StreamCounters
-
-if TYPE_CHECKING:
-    from online_gim.video.learner import VideoStepReport
 
 PREFIX = "online_gim_"
 
@@ -177,12 +172,12 @@ class ServiceMetrics:
         if lag_seconds is not None:
             _set(self.lag, lag_seconds)
 
-    def observe_video_step(self, report: VideoStepReport) -> None:
-        """Record one step of the video learner."""
+    def observe_video_step(self, report: StepReport, new_frames: int) -> None:
+        """Record one step of the video learner, whose window advanced the stream by ``new_frames``."""
         self.video_windows.inc()
         if report.skipped_nonfinite:
             self.video_windows_skipped.inc()
-        self.video_frames.inc(report.new_frames)
+        self.video_frames.inc(new_frames)
         _set(self.video_rtf, report.real_time_factor)
         self.video_model_step.set(report.updates)
         for mod in report.modules:

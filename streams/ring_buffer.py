@@ -31,6 +31,13 @@ Usage::
     buffer.fill_ratio        # unread backlog / capacity, 0..1 (for --schedule auto)
     buffer.counters          # StreamCounters: samples_in, samples_dropped, windows_dropped, ...
     buffer.remainder_samples # after the end: samples too few for another window
+
+:func:`iter_windows` cuts the windows of an iterable of chunks in the calling thread, through a ring
+buffer (offline use, e.g. evaluation: the same windows as a live stream)::
+
+    for window in iter_windows(LibriSpeechReplay(root, speed=None), window=20480, hop=20480,
+                               source_id="librispeech"):
+        ...
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -310,3 +317,27 @@ class RingBuffer:
     def remainder_samples(self) -> int:
         """At the end of the stream: samples after the last window, too few for another one."""
         return self.pending_samples
+
+
+def iter_windows(
+    chunks: Iterable[AudioChunk],
+    *,
+    window: int = DEFAULT_WINDOW,
+    hop: int = DEFAULT_HOP,
+    source_id: str = "stream",
+    counters=None,
+) -> Iterator[AudioWindow]:
+    """Cuts the windows of a chunk stream in the calling thread (no pacing, nothing dropped).
+
+    The remainder shorter than a window is left out (it is ``counters``' ``samples_in`` minus what
+    the windows hold; see :class:`~streams.ring_buffer.RingBuffer.remainder_samples`).
+    """
+    buffer = RingBuffer(window + hop, window=window, hop=hop, source_id=source_id, counters=counters)
+    for chunk in chunks:
+        for start in range(0, len(chunk), hop):
+            buffer.push(chunk.slice(start, start + hop) if len(chunk) > hop else chunk)
+            while (item := buffer.read_window(timeout=0)) is not None:
+                yield item
+    buffer.close()
+    while (item := buffer.read_window(timeout=0)) is not None:
+        yield item

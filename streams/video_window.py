@@ -69,6 +69,21 @@ class VideoWindow:
         return int(self.frames.shape[0])
 
     @property
+    def start(self) -> int:
+        """Stream position of the first frame (the unit of a video stream is the frame)."""
+        return self.start_frame
+
+    @property
+    def length(self) -> int:
+        """Frames in the window (``T``)."""
+        return self.num_frames
+
+    @property
+    def rate(self) -> float:
+        """Frames per second (``frame_rate``)."""
+        return self.frame_rate
+
+    @property
     def positions(self) -> np.ndarray:
         """``(T,)`` int64 stream positions (frame numbers) of the frames."""
         return self.start_frame + np.arange(self.num_frames, dtype=np.int64)

@@ -52,6 +52,21 @@ class AudioWindow:
     spans: tuple[UtteranceSpan, ...] = field(default_factory=tuple)
 
     @property
+    def start(self) -> int:
+        """Stream position of the first sample (the unit of an audio stream is the sample)."""
+        return self.start_sample
+
+    @property
+    def length(self) -> int:
+        """Samples in the window."""
+        return int(self.samples.shape[-1])
+
+    @property
+    def rate(self) -> float:
+        """Samples per second (:data:`SAMPLE_RATE`)."""
+        return float(SAMPLE_RATE)
+
+    @property
     def num_frames(self) -> int:
         """Number of 10 ms label frames in the window."""
         return int(self.samples.shape[-1]) // FRAME_SAMPLES

@@ -14,25 +14,20 @@ before the consumer read them, ``pending`` the samples not yet decided (at the e
 the remainder shorter than a window). With overlapping windows a window can be dropped while all
 its samples are in neighbouring windows: ``windows_dropped`` rises, ``samples_dropped`` does not.
 
-:func:`iter_windows` cuts windows from an iterable of chunks without threads (offline use, e.g.
-evaluation); it goes through the same ring buffer, so it gives the same windows as a live stream.
-
-Usage::
-
-    for window in iter_windows(LibriSpeechReplay(root, speed=None), window=20480, hop=20480,
-                               source_id="librispeech"):
-        ...
+:func:`~streams.ring_buffer.iter_windows` cuts windows from an iterable of chunks without threads
+(offline use, e.g. evaluation) through the same ring buffer, so that it gives the same windows as a
+live stream.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from streams.chunk import AudioChunk, frame_labels_of
+from streams.chunk import frame_labels_of
 from streams.window import UNKNOWN_LABEL, AudioWindow, UtteranceSpan
 
 DEFAULT_WINDOW = 20480
@@ -178,29 +173,3 @@ def cut_window(
         phones=window_phones,
         spans=window_spans,
     )
-
-
-def iter_windows(
-    chunks: Iterable[AudioChunk],
-    *,
-    window: int = DEFAULT_WINDOW,
-    hop: int = DEFAULT_HOP,
-    source_id: str = "stream",
-    counters=None,
-) -> Iterator[AudioWindow]:
-    """Cuts the windows of a chunk stream in the calling thread (no pacing, nothing dropped).
-
-    The remainder shorter than a window is left out (it is ``counters``' ``samples_in`` minus what
-    the windows hold; see :class:`~streams.ring_buffer.RingBuffer.remainder_samples`).
-    """
-    from streams.ring_buffer import RingBuffer  # ring_buffer imports this module
-
-    buffer = RingBuffer(window + hop, window=window, hop=hop, source_id=source_id, counters=counters)
-    for chunk in chunks:
-        for start in range(0, len(chunk), hop):
-            buffer.push(chunk.slice(start, start + hop) if len(chunk) > hop else chunk)
-            while (item := buffer.read_window(timeout=0)) is not None:
-                yield item
-    buffer.close()
-    while (item := buffer.read_window(timeout=0)) is not None:
-        yield item

@@ -1,10 +1,17 @@
-"""Shared pytest fixtures (keep them generic: several test modules use them)."""
+"""Shared pytest fixtures (keep them generic: several test modules use them), and the suite's
+settings for a shared machine: one torch intra-op thread, deadlines from the measured speed."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# One intra-op thread, in this process and the commands the tests start (they inherit it), unless
+# the caller chose: on a two-core machine whose cores are busy with another job, two threads that
+# spin-wait for each other run a step ten to forty times slower than one.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SYNTH_SPEAKERS = 6
 SYNTH_UTTERANCES = 6
@@ -55,3 +62,27 @@ def small_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("config") / "small.yaml"
     path.write_text(SMALL_LEARNER_YAML)
     return path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test's timeout (its ``timeout`` mark, else the ini's) is set for the idle development
+    machine: stretch it by this machine's measured slowdown (``machine_speed``)."""
+    if not items:
+        return
+    from machine_speed import slowdown
+
+    factor = slowdown()
+    default = float(config.getini("timeout") or 0)
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        seconds = float(marker.args[0]) if marker is not None and marker.args else default
+        if seconds > 0:
+            item.add_marker(pytest.mark.timeout(seconds * factor), append=False)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """The slowdown the deadlines were stretched by, with the results (what a slow run is judged by)."""
+    from machine_speed import slowdown
+
+    if slowdown.cache_info().currsize:  # measured: tests were collected
+        terminalreporter.write_line(f"machine slowdown {slowdown():.1f}x: timeouts and waits stretched by it")

@@ -61,7 +61,8 @@ class FakeMemory:
 
 
 class FakeLearner:
-    """What the board may read from a learner: probes, memories and module parameters."""
+    """What the board may read from a learner (its :class:`~online_gim.run.contract.LearnerView`):
+    probes, memories and module parameters."""
 
     def __init__(self, probes: bool = True) -> None:
         self.memories = [FakeMemory(c) for _, c in SHAPES]
@@ -72,19 +73,22 @@ class FakeLearner:
     def probe_readout(self) -> ProbeReadout | None:
         return self.readout if self.has_probes else None
 
-    def encoder_state(self) -> dict[str, torch.Tensor]:
-        return {f"stages.{m}.{name}": p for m, layer in enumerate(self.weights) for name, p in layer.state_dict().items()}
+    def module_parameters(self) -> list[list[torch.Tensor]]:
+        return [list(layer.parameters()) for layer in self.weights]
 
 
 class FakeStream:
-    """Makes windows, step reports and counters whose values drift over time, and feeds a board."""
+    """Makes windows, step reports and counters whose values drift over time, and feeds a board
+    (whose stream it is: the board reads its counters and buffer fill ratio)."""
 
     def __init__(self, board: LiveBoard, learner: FakeLearner | None = None, seed: int = 0) -> None:
         self.board = board
         self.learner = learner
         self.counters = StreamCounters()
+        self.fill_ratio: float | None = None
         self.step = 0
         self.gen = torch.Generator().manual_seed(seed)
+        board.attach_stream(self)
 
     def window(self) -> AudioWindow:
         i = self.step
@@ -108,8 +112,8 @@ class FakeStream:
         shift = 0.1 * i
         embeddings = () if skipped else tuple(torch.randn(f, c, generator=self.gen) + shift for f, c in SHAPES)
         return StepReport(
-            step=i + 1, updates=i + 1 - self.skipped, window_start=i * WINDOW, window_samples=WINDOW,
-            skipped_nonfinite=skipped, modules=modules, embeddings=embeddings, seconds=0.05 + 0.001 * (i % 7),
+            step=i + 1, updates=i + 1 - self.skipped, window_start=i * WINDOW, window_length=WINDOW,
+            skipped_nonfinite=skipped, modules=modules, embeddings=embeddings, seconds=0.05 + 0.001 * (i % 7), rate=16_000,
         )
 
     skipped = 0
@@ -136,7 +140,7 @@ class FakeStream:
             self.counters.samples_in += WINDOW
             self.counters.windows_emitted += 1
             self.counters.source_seconds = (self.step + 1) * WINDOW / 16000
-            self.board.on_step(window, report, self.counters)
+            self.board.on_step(window, report)
             self.step += 1
 
 
@@ -166,9 +170,21 @@ def metric_values(text: str) -> dict[tuple[str, tuple], float]:
     }
 
 
+class StoppedClock:
+    """A monotonic clock that moves only when told: a board's readiness never sees a stall that a
+    slow machine makes between two steps of a test (a test of the stall moves it itself)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def make_board(**kwargs) -> LiveBoard:
     kwargs.setdefault("drift", DriftConfig(reference_seconds=2.56, refresh_seconds=0, interval_seconds=0.0,
                                            weight_interval_seconds=0.0))
+    kwargs.setdefault("clock", StoppedClock())
     kwargs.setdefault("phone_names", PHONES)
     kwargs.setdefault("config", {"loss": "clapp", "modules": len(SHAPES)})
     return LiveBoard(source="fake", **kwargs)

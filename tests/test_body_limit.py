@@ -20,7 +20,6 @@ import pytest
 import soundfile
 
 from service_support import running_service
-from services.api import MAX_BODY_BYTES
 from services.loadcheck import LISTEN, free_port, stop_listen, wait_ready
 
 MIB = 1 << 20

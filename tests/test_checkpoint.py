@@ -23,7 +23,8 @@ from online_gim.learner import OnlineLearner
 from online_gim.state import store as store_module
 from online_gim.state.codec import decode, encode
 from online_gim.state.export import Encoder
-from online_gim.state.listen_state import Checkpointer, ListenState, ListenTotals
+from online_gim.run.audio_state import AUDIO_LAYOUT, ListenState, ListenTotals, audio_locator
+from online_gim.run.state import Checkpointer
 from online_gim.state.store import (
     MANIFEST,
     CheckpointError,
@@ -259,9 +260,11 @@ def test_a_state_directory_has_one_writer(tmp_path):
 def test_a_failed_save_keeps_the_previous_checkpoints_and_listening_goes_on(tmp_path, monkeypatch, caplog):
     learner = trained_learner(2)
     store = CheckpointStore(tmp_path)
-    checkpointer = Checkpointer(store, learner, source=None, hop=2560, totals=ListenTotals(), every_windows=1)
+    checkpointer = Checkpointer(
+        store, learner, layout=AUDIO_LAYOUT, totals=ListenTotals(), locate=audio_locator(None, 2560), every_windows=1
+    )
     window = windows(1, start=2)[0]
-    checkpointer.on_step(window, None, None)
+    checkpointer.on_step(window, None)
     saved_at = checkpointer.last_saved_at
     assert checkpointer.failed == 0 and saved_at is not None and abs(saved_at - time.time()) < 600
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -271,7 +274,7 @@ def test_a_failed_save_keeps_the_previous_checkpoints_and_listening_goes_on(tmp_
 
     monkeypatch.setattr(store_module, "write_atomic", disk_full)
     with caplog.at_level(logging.ERROR):
-        checkpointer.on_step(window, None, None)
+        checkpointer.on_step(window, None)
     assert "No space left on device" in caplog.text
     assert checkpointer.written == 1 and checkpointer.failed == 1 and checkpointer.last_saved_at == saved_at
     assert sorted(p.name for p in tmp_path.iterdir()) == before
@@ -298,11 +301,12 @@ def test_checkpointer_saves_every_n_windows_every_t_seconds_and_at_close(tmp_pat
     now = [0.0]
     store = CheckpointStore(tmp_path, keep=10)
     checkpointer = Checkpointer(
-        store, learner, source=None, hop=2560, totals=ListenTotals(), every_windows=3, every_seconds=10.0, clock=lambda: now[0]
+        store, learner, layout=AUDIO_LAYOUT, totals=ListenTotals(), locate=audio_locator(None, 2560), every_windows=3,
+        every_seconds=10.0, clock=lambda: now[0],
     )
     for index, window in enumerate(windows(7)):
         now[0] = {4: 11.0}.get(index, now[0])  # the clock jumps past 10 s before the 5th window
-        checkpointer.on_step(window, None, None)
+        checkpointer.on_step(window, None)
     # saves after windows 3 (count), 5 (time: 11 s since the save at 0 s); 6 is only 1 window later
     assert [e.info["windows"] for e in store.entries()] == [3, 5]
     checkpointer.close()

@@ -15,10 +15,10 @@ import soundfile
 from streams.corpora.librispeech import LibriSpeechCorpus
 from streams.feeder import Feeder
 from streams.ring_buffer import RingBuffer
+from streams.ring_buffer import iter_windows
 from streams.sources.librispeech import LibriSpeechReplay, ReplayPosition
 from streams.sources.synth import SynthSource
 from streams.window import FRAME_SAMPLES, SAMPLE_RATE, UNKNOWN_LABEL
-from streams.windowing import iter_windows
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "librispeech-mini"
 ROOT = DATA / "LibriSpeech"

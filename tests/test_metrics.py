@@ -132,20 +132,17 @@ def test_boards_have_private_registries():
 
 
 def test_source_lag_and_buffer_fill():
-    class Buffer:
-        fill_ratio = 0.25
-
     board = make_board()
     try:
-        board.attach_buffer(Buffer())
         stream = FakeStream(board)
+        stream.fill_ratio = 0.25
         stream.counters.source_seconds = 0
         stream.feed(1)
         # the source is 2.56 s ahead of the window just processed
         window = stream.window()
         report = stream.report()
         stream.counters.source_seconds = (stream.step + 3) * 1.28
-        board.on_step(window, report, stream.counters)
+        board.on_step(window, report)
         text = board.metrics.render()[0].decode()
         assert "online_gim_buffer_fill_ratio 0.25" in text
         assert "online_gim_source_lag_seconds 2.56" in text

@@ -13,10 +13,10 @@ from online_gim.config import ConvLayerConfig, EncoderConfig, LearnerConfig, Los
 from online_gim.learner import OnlineLearner
 from online_gim.probes import FrameGrid, OnlineProbes, frame_grids, to_label_frames
 from online_gim.state import codec
-from services import learner_view
+from services.live import step_probes
+from streams.ring_buffer import iter_windows
 from streams.sources.librispeech import LibriSpeechReplay
 from streams.window import FRAME_SAMPLES, UNKNOWN_LABEL, AudioWindow, UtteranceSpan
-from streams.windowing import iter_windows
 
 WINDOW = 5120
 
@@ -140,7 +140,7 @@ def test_unlabelled_windows_get_predictions_and_train_nothing():
     assert report.probes.speaker_top[0][0] == "a"
     assert torch.equal(learner.probes.phone.weight, weights)
     assert learner.probes.phone_accuracy.total == WINDOW // FRAME_SAMPLES  # only the labelled window was scored
-    assert learner_view.probe_readout(learner, report) is report.probes  # what the side service reads
+    assert step_probes(report, learner) is report.probes  # what the side service reads
 
 
 def test_probes_never_change_what_the_encoder_learns():

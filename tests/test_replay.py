@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-import services.replay_schedule
+import online_gim.run.replay_schedule
 import streams.replay
 from online_gim.config import LearnerConfig, load_config
 from online_gim.learner import OnlineLearner
-from services.replay_schedule import ReplaySchedule
-from services.session import ListenSession
+from online_gim.run.audio import ListenSession
+from online_gim.run.replay_schedule import ReplaySchedule
 from streams.replay import ReplayStore
 from streams.replay_config import ReplayConfig
+from streams.ring_buffer import iter_windows
 from streams.sources.librispeech import LibriSpeechReplay
 from streams.window import AudioWindow, UtteranceSpan
-from streams.windowing import iter_windows
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech-mini" / "LibriSpeech"
 requires_mini = pytest.mark.skipif(not AUDIO.is_dir(), reason=f"{AUDIO} is not there")
@@ -37,7 +37,7 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("module", [streams.replay, services.replay_schedule])
+@pytest.mark.parametrize("module", [streams.replay, online_gim.run.replay_schedule])
 def test_docstring_examples(module):
     assert doctest.testmod(module).failed == 0
 

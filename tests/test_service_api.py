@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service_support import SHAPES, make_board, running_service
+from service_support import SHAPES, FakeStream, StoppedClock, make_board, running_service
 from services.http import ServiceConfigError, is_loopback, parse_host_port, serve_in_thread
 
 
@@ -224,6 +224,27 @@ def test_non_finite_and_oversized_bodies_are_refused(service):
     assert r.status_code == 413
 
 
+def test_readiness_fails_after_a_stall_and_when_the_source_closes_and_recovers_with_the_next_window():
+    clock = StoppedClock()
+    board = make_board(clock=clock, stall_seconds=15.0)
+    handle = serve_in_thread(board, "127.0.0.1", 0, None)
+    try:
+        stream = FakeStream(board)
+        stream.feed(1)
+        assert get(handle, "/readyz").json() == {"ready": True, "reason": "source open and learner stepping"}
+        clock.now += 15.5
+        stalled = get(handle, "/readyz")
+        assert stalled.status_code == 503 and stalled.json()["reason"] == "no window processed for 15.5 s"
+        stream.feed(1)
+        assert get(handle, "/readyz").status_code == 200
+        board.set_source_state(open=False)
+        assert get(handle, "/readyz").json() == {"ready": False, "reason": "the source is not open"}
+    finally:
+        handle.stop()
+        board.close()
+    assert board.readiness() == (False, "the board is closed (the stream has ended)")
+
+
 def test_before_the_first_window_endpoints_answer_4xx_not_5xx():
     board = make_board()
     handle = serve_in_thread(board, "127.0.0.1", 0, None)
@@ -359,21 +380,21 @@ def test_listen_options_fail_early_with_one_sentence(monkeypatch):
     parser = argparse.ArgumentParser()
     service_options.add_arguments(parser)
     monkeypatch.delenv("ONLINE_GIM_TOKEN", raising=False)
-    service_options.check(parser.parse_args([]))  # the default, 127.0.0.1:8000
-    service_options.check(parser.parse_args(["--http", "0.0.0.0:8000", "--no-http"]))
-    service_options.check(parser.parse_args(["--http", "0.0.0.0:8000", "--token", "t"]))
+    service_options.from_args(parser.parse_args([]))  # the default, 127.0.0.1:8000
+    service_options.from_args(parser.parse_args(["--http", "0.0.0.0:8000", "--no-http"]))
+    service_options.from_args(parser.parse_args(["--http", "0.0.0.0:8000", "--token", "t"]))
     with pytest.raises(CliError, match="not a loopback address"):
-        service_options.check(parser.parse_args(["--http", "0.0.0.0:8000"]))
+        service_options.from_args(parser.parse_args(["--http", "0.0.0.0:8000"]))
     with pytest.raises(CliError, match="HOST:PORT"):
-        service_options.check(parser.parse_args(["--http", "8000"]))
+        service_options.from_args(parser.parse_args(["--http", "8000"]))
     monkeypatch.setenv("ONLINE_GIM_TOKEN", "from-env")
-    service_options.check(parser.parse_args(["--http", "0.0.0.0:8000"]))
+    service_options.from_args(parser.parse_args(["--http", "0.0.0.0:8000"]))
     board = make_board()
-    handle = service_options.start(parser.parse_args(["--http", "127.0.0.1:0"]), board)
+    handle = service_options.start(service_options.from_args(parser.parse_args(["--http", "127.0.0.1:0"])), board)
     try:
         assert get(handle, "/v1/status").status_code == 401
         assert get(handle, "/v1/status?token=from-env").status_code == 200
     finally:
         handle.stop()
         board.close()
-    assert service_options.start(parser.parse_args(["--no-http"]), board) is None
+    assert service_options.from_args(parser.parse_args(["--no-http"])) is None

@@ -47,7 +47,7 @@ def test_video_embeddings_and_metrics_follow_the_video_learner():
         no_video = httpx.get(url, params={"stream": "video"}, timeout=10)
         assert no_video.status_code == 404 and "no video stream" in no_video.json()["detail"]
         assert httpx.get(status, timeout=10).json()["video"] is None
-        board.attach_video("video:scenes")
+        video_board = board.attach_video("video:scenes")
         assert httpx.get(url, params={"stream": "video"}, timeout=10).status_code == 404  # no window yet
         assert httpx.get(status, timeout=10).json()["video"]["windows_processed"] == 0
 
@@ -55,7 +55,7 @@ def test_video_embeddings_and_metrics_follow_the_video_learner():
         stream = windows(8, frame_rate=30.0)
         for window in stream:
             report = learner.step(window)
-            board.on_video_step(window, report)
+            video_board.on_step(window, report)
         last = stream[-1]
         for module, expected in enumerate(report.embeddings):
             body = httpx.get(url, params={"stream": "video", "module": module, "frames": 5}, timeout=10).json()
@@ -81,7 +81,7 @@ def test_video_embeddings_and_metrics_follow_the_video_learner():
         # a window of NaN pixels: counted as skipped, the last encoded window stays on show
         bad = VideoWindow(torch.full_like(last.frames, float("nan")), start_frame=last.start_frame + SMALL.hop,
                           frame_rate=30.0, source_id="video:scenes", new_frames=SMALL.hop)
-        board.on_video_step(bad, learner.step(bad))
+        video_board.on_step(bad, learner.step(bad))
         after = httpx.get(url, params={"stream": "video", "frames": 5}, timeout=10).json()
         assert after["window_start_seconds"] == pytest.approx(last.start_frame / 30)
 

@@ -24,8 +24,8 @@ import torch
 from online_gim.config import load_config
 from online_gim.finite import nonfinite_paths
 from online_gim.learner import OnlineLearner
+from online_gim.run.state import MAX_CONSECUTIVE_FAILURES
 from online_gim.state import store as store_module
-from online_gim.state.checkpointer import MAX_CONSECUTIVE_FAILURES
 from online_gim.state.store import MANIFEST, CheckpointError, CheckpointStore
 from services.cli import EXIT_NOT_SAVED, main
 from streams.window import AudioWindow
@@ -184,7 +184,7 @@ def test_failing_checkpoints_stop_the_run_with_exit_3_and_say_what_is_not_saved(
 
 
 def test_a_state_with_nan_is_never_written(tmp_path, config, caplog):
-    from online_gim.state.listen_state import ListenState
+    from online_gim.run.audio_state import ListenState
 
     learner = OnlineLearner(load_config(config))
     state = ListenState(tmp_path / "K")
@@ -194,7 +194,7 @@ def test_a_state_with_nan_is_never_written(tmp_path, config, caplog):
     with torch.no_grad():
         learner.stages[0].head.weight_z.fill_(float("nan"))  # a bug anywhere: the checkpoint refuses it
     with caplog.at_level(logging.ERROR):
-        checkpointer.on_step(window, None, None)
+        checkpointer.on_step(window, None)
     assert checkpointer.written == 0 and checkpointer.failed == 1
     assert "stages.0.head.weight_z" in caplog.text
     state.close()
@@ -223,7 +223,7 @@ def test_a_huge_float_file_through_listen_leaves_a_finite_state_and_learning_res
 
 def poisoned_checkpoint(state: Path, config: Path, *, weights: bool = False) -> None:
     """A listen checkpoint as the learner before the step guard left it after a hostile window."""
-    from online_gim.state.listen_state import ListenState
+    from online_gim.run.audio_state import ListenState
 
     learner = OnlineLearner(load_config(config))
     for index in range(3):
@@ -240,7 +240,7 @@ def poisoned_checkpoint(state: Path, config: Path, *, weights: bool = False) -> 
         saved["stages"][1]["module"]["conv.weight"] = torch.full_like(saved["stages"][1]["module"]["conv.weight"], nan)
     listen_state = ListenState(state)
     checkpointer = listen_state.checkpointer(learner, source=None, hop=WINDOW)
-    checkpointer.on_step(AudioWindow(torch.zeros(WINDOW), start_sample=2 * WINDOW), None, None)
+    checkpointer.on_step(AudioWindow(torch.zeros(WINDOW), start_sample=2 * WINDOW), None)
     tree, info = checkpointer.snapshot()
     listen_state.store.save({**tree, "learner": saved}, info)
     listen_state.store.close()

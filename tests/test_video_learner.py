@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from machine_speed import scaled
 from online_gim.local_update import ModuleSchedule
 from online_gim.video import VideoLearner, VideoLearnerConfig, load_video_config
 from online_gim.video.bench import measure_video_fps_learn
@@ -63,7 +64,7 @@ def small_video_yaml(tmp_path_factory) -> Path:
 
 
 def listen(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*LISTEN, "--no-http", "--quiet", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run([*LISTEN, "--no-http", "--quiet", *args], capture_output=True, text=True, timeout=scaled(timeout), cwd=ROOT)
 
 
 def scene_stream(config: VideoLearnerConfig, *, scenes: int = 6, camera_seed: int = 0) -> list[VideoFrame]:
@@ -131,7 +132,7 @@ def test_every_module_learns_from_memory_negatives_and_reports_per_frame_embeddi
     learner = VideoLearner(config)
     reports = learn(learner, scene_stream(config), passes=2)
     first, last = reports[0], reports[-1]
-    assert first.frames == 16 and first.window_start == 0 and first.new_frames == 16
+    assert first.window_length == 16 and first.window_start == 0 and first.rate == 25.0  # positions count frames
     assert [tuple(e.shape) for e in first.embeddings] == [(16, 8), (16, 16), (16, 16), (16, 32)]
     # the first windows have no frame farther than exclusion_frames in memory: nothing to contrast
     assert not any(m.updated for m in first.modules)
@@ -396,9 +397,9 @@ def test_a_signal_stops_both_learners_of_av_cleanly_at_real_time_pace(tmp_path, 
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     summary_path = tmp_path / "s.json"
-    time.sleep(6)  # start-up, then a few seconds of the file at 1x
+    time.sleep(scaled(6))  # start-up, then a few seconds of the file at 1x
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=scaled(60))
     assert process.returncode == 0, stderr
     summary = json.loads(summary_path.read_text())
     assert summary["stop_reason"] == summary["video_stop_reason"] == "signal:SIGINT"

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from online_gim.learner import OnlineLearner
-from online_gim.state.listen_state import ListenState
+from online_gim.run.audio_state import ListenState
+from online_gim.run.video_state import VideoListenState, VideoListenTotals
 from online_gim.state.store import CheckpointError, CheckpointStore
-from online_gim.state.video_state import VideoListenState, VideoListenTotals
 from online_gim.video import VideoLearner
 from online_gim.video.scenes import write_scene_video
 from streams.sources.video import VideoFrame
@@ -78,7 +78,7 @@ def test_a_state_directory_is_refused_to_the_other_learner(tmp_path):
     audio_checkpointer = ListenState(audio_dir).checkpointer(audio_learner, source=None, hop=2560)
     audio_window = audio_windows(1)[0]
     audio_learner.step(audio_window)
-    audio_checkpointer.on_step(audio_window, None, None)
+    audio_checkpointer.on_step(audio_window, None)
     audio_checkpointer.close()
 
     with pytest.raises(CheckpointError, match=r"another learner \(listen with --source video\)"):

@@ -11,8 +11,9 @@ import streams.chunk
 import streams.sources.base
 import streams.windowing
 from streams.chunk import AudioChunk, expand_frame_labels, frame_labels_of
-from streams.windowing import WindowSchedule, WindowSpec, iter_windows
+from streams.ring_buffer import iter_windows
 from streams.window import FRAME_SAMPLES, UNKNOWN_LABEL
+from streams.windowing import WindowSchedule, WindowSpec
 
 
 @pytest.mark.parametrize("module", [streams.chunk, streams.windowing, streams.sources.base])

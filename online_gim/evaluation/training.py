@@ -3,7 +3,7 @@
 The split's segments are replayed as one continuous stream (shuffled by the seed, a new order on
 every pass, looping until the budget is spent: the order of
 :class:`~streams.sources.librispeech.LibriSpeechReplay`) and cut into the learner's windows by
-:func:`streams.windowing.iter_windows` (hop = window, nothing dropped), exactly the windows a live
+:func:`streams.ring_buffer.iter_windows` (hop = window, nothing dropped), exactly the windows a live
 ``online-gim listen`` run at full speed would see. The stream carries audio and speakers only:
 learning is self-supervised, so no phone label is ever shown to the learner.
 
@@ -28,8 +28,8 @@ from streams.chunk import AudioChunk
 from streams.progress import ProgressCallback
 from streams.replay import ReplayStore
 from streams.replay_config import ReplayConfig
+from streams.ring_buffer import iter_windows
 from streams.window import SAMPLE_RATE
-from streams.windowing import iter_windows
 
 Checkpoint = Callable[[float], None]
 """Called with the seconds of audio streamed so far when a checkpoint is reached."""

@@ -3,51 +3,26 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from online_gim.finite import StepGuard, repair_loaded_state, repairable_paths
 from online_gim.input_norm import InputNormalizer
-from online_gim.local_update import LocalStage, ModuleSchedule, apply_local_loss, module_report
+from online_gim.local_update import LocalStage, apply_local_loss, module_report
 from online_gim.losses import LossParts
 from online_gim.memory import NegativeMemory
-from online_gim.report import ModuleReport, SkipReason, StepReport
+from online_gim.report import ModuleReport, ProbeReadout
+from online_gim.stack_learner import StackLearner
 from online_gim.video.config import VideoLearnerConfig
 from online_gim.video.conv import VideoConvModule
 from online_gim.video.decorrelation import EncodingDecorrelation
 from streams.video_window import VideoWindow
 
 
-@dataclass(frozen=True)
-class VideoStepReport(StepReport):
-    """What the video learner did with one window: a :class:`StepReport` whose stream positions
-    count **frames**: ``window_start`` is the stream position of the window's first frame and
-    ``window_samples`` its number of frames (also :attr:`frames`); ``embeddings[m]`` is module
-    ``m``'s ``(frames, channels)`` pooled encoding of every frame.
-
-    Attributes:
-        frame_rate: frames per second of the stream.
-        new_frames: frames of the window that were in no earlier window (the stream advanced by them).
-    """
-
-    frame_rate: float = 25.0
-    new_frames: int = 0
-
-    @property
-    def frames(self) -> int:
-        """Frames in the window."""
-        return self.window_samples
-
-    @property
-    def real_time_factor(self) -> float:
-        """Seconds of compute per second of video in the window (below 1 keeps up with the stream)."""
-        return self.seconds / (self.frames / self.frame_rate) if self.frames else float("nan")
-
-
-class VideoLearner:
+class VideoLearner(StackLearner[VideoWindow]):
     """CLAPP on a video stream: a VGG-like stack of gradient-isolated conv modules that learns,
     window by window, to predict the future of each frame.
 
@@ -66,12 +41,14 @@ class VideoLearner:
 
     ``step(window)`` is the one way to feed data in: it normalises the frames with running input
     statistics, runs the stack, writes the window's new frames into every memory, updates the
-    scheduled modules and returns a :class:`VideoStepReport`. No window can make the learner's
+    scheduled modules and returns a :class:`~online_gim.report.StepReport` whose positions count
+    frames (the :class:`~online_gim.run.contract.StreamLearner` contract; the step, its guard,
+    replay and the state tree are :class:`StackLearner`'s). No window can make the learner's
     state non-finite, as in the audio learner (:mod:`online_gim.finite`): a window with NaN/Inf
     pixels or a level float32 cannot represent changes nothing, and the encodings of the whole stack
     (and the running statistics they changed) are checked before any memory write or weight update;
     such windows are counted (``windows_skipped_nonfinite``) with their reason
-    (``VideoStepReport.skip``). A module whose loss or gradient is not finite is not updated. The memory needs frames farther than ``exclusion_frames`` from an anchor
+    (``StepReport.skip``). A module whose loss or gradient is not finite is not updated. The memory needs frames farther than ``exclusion_frames`` from an anchor
     before it can serve negatives, so the first windows of a stream do not update.
 
     Parameters:
@@ -86,13 +63,11 @@ class VideoLearner:
         [(16, 16), (16, 32), (16, 32), (16, 64), (16, 64), (16, 128)]
     """
 
+    config: VideoLearnerConfig
+
     def __init__(self, config: VideoLearnerConfig) -> None:
-        self.config = config
-        torch.manual_seed(config.seed)
-        self._generator = torch.Generator().manual_seed(config.seed)
-        self._rng = np.random.default_rng(config.seed)
+        super().__init__(config)
         self.input_norm = InputNormalizer(momentum=config.input_momentum)
-        self.stages: list[LocalStage] = []
         in_channels = config.channels
         for index, layer in enumerate(config.encoder.convs):
             module = VideoConvModule(
@@ -112,20 +87,7 @@ class VideoLearner:
         self.decorrelations = [
             EncodingDecorrelation(layer.channels, momentum=config.decorrelation.momentum) for layer in config.encoder.convs
         ]
-        self._schedule = ModuleSchedule(config.schedule, len(self.stages), self._rng)
-        self.steps = 0
-        self.updates = 0
-        self.windows_skipped_nonfinite = 0
-        self._guard = StepGuard(self._volatile_state, self._load_volatile_state)
-
-    @property
-    def num_modules(self) -> int:
-        return len(self.stages)
-
-    @property
-    def memories(self) -> list[NegativeMemory]:
-        """Each module's negative memory (pooled frame encodings; positions are frame numbers)."""
-        return [stage.memory for stage in self.stages]
+        self._start(config.schedule)
 
     # ------------------------------------------------------------------ the step
 
@@ -134,34 +96,19 @@ class VideoLearner:
         if frames.dim() != 4 or tuple(frames.shape[1:]) != expected or frames.shape[0] < 1:
             raise ValueError(f"frames must be (T, {', '.join(map(str, expected))}), got {tuple(frames.shape)}")
 
-    def step(self, window: VideoWindow, modules: Sequence[int] | None = None) -> VideoStepReport:
-        """Learns from one window of consecutive frames.
+    def _window_values(self, window: VideoWindow) -> torch.Tensor:
+        """``window.frames``: ``(T, C, H, W)`` float in [0, 1] with the configured channels and
+        size; any ``T >= 1`` (a window of at most ``K`` frames has no anchor with a future inside
+        it: it is encoded and remembered, not learned from)."""
+        self._check_frames(window.frames)
+        return window.frames
 
-        Args:
-            window: ``window.frames`` is ``(T, C, H, W)`` float in [0, 1] with the configured
-                channels and size; any ``T >= 1`` (a window of at most ``K`` frames has no anchor
-                with a future inside it: it is encoded and remembered, not learned from).
-            modules: update only these modules this window (overrides the schedule); all modules
-                still run forward.
-        Returns:
-            The :class:`VideoStepReport` of this window.
-        Raises:
-            ValueError: the frames have the wrong shape, or ``modules`` names no module.
-        """
-        started = time.perf_counter()
-        frames = window.frames
-        self._check_frames(frames)
-        self.steps += 1
-        outcome = self._guard.run(frames, lambda: self._learn(window, self._schedule.choose(modules), started))
-        if not isinstance(outcome, SkipReason):
-            return outcome
-        self.windows_skipped_nonfinite += 1
-        return self._report(window, [], [], started, skip=outcome)
-
-    def _learn(self, window: VideoWindow, scheduled: set[int], started: float) -> VideoStepReport:
-        """The step of a window that passed the level check, inside the step guard: encodes the
-        window with the whole stack (folding its statistics), has the guard check the encodings,
-        then writes the memories and updates the scheduled modules, bottom to top."""
+    def _learn(
+        self, window: VideoWindow, scheduled: set[int], replay: bool
+    ) -> tuple[list[ModuleReport], list[torch.Tensor], ProbeReadout | None]:
+        """Encodes the window with the whole stack (folding its statistics), has the guard check
+        the encodings, then writes the memories (not on a replay) and updates the scheduled
+        modules, bottom to top."""
         learnable = window.num_frames > self.config.loss.prediction_steps
         h = self.input_norm.update_and_apply(window.frames.to(torch.float32))
         encoded: list[tuple[torch.Tensor, torch.Tensor, float]] = []
@@ -176,14 +123,12 @@ class VideoLearner:
         embeddings: list[torch.Tensor] = []
         for index, (stage, (out, pooled, forward_seconds)) in enumerate(zip(self.stages, encoded)):
             module_started = time.perf_counter() - forward_seconds
-            self._remember(stage, pooled.detach(), window)
+            if not replay:
+                self._remember(stage, pooled.detach(), window)
             parts = self._update(index, pooled, window) if learnable and index in scheduled else None
             embeddings.append(pooled.detach())
             reports.append(module_report(index, parts, out.detach().amax(dim=(2, 3)), module_started))
-        self._guard.verify()
-        if any(report.updated for report in reports):
-            self.updates += 1
-        return self._report(window, reports, embeddings, started)
+        return reports, embeddings, None
 
     def _remember(self, stage: LocalStage, pooled: torch.Tensor, window: VideoWindow) -> None:
         """Writes the pooled encodings of the window's new frames (at most ``writes_per_window``,
@@ -210,29 +155,6 @@ class VideoLearner:
         total = replace(parts, loss=parts.loss + weight * self.decorrelations[index].penalty(pooled))
         apply_local_loss(stage.optimizer, total, self.config.optim.grad_clip)
         return parts if bool(torch.isfinite(total.loss)) else total
-
-    def _report(
-        self,
-        window: VideoWindow,
-        modules: list[ModuleReport],
-        embeddings: list[torch.Tensor],
-        started: float,
-        *,
-        skip: SkipReason | None = None,
-    ) -> VideoStepReport:
-        return VideoStepReport(
-            step=self.steps,
-            updates=self.updates,
-            window_start=window.start_frame,
-            window_samples=window.num_frames,
-            skipped_nonfinite=skip is not None,
-            modules=tuple(modules),
-            embeddings=tuple(embeddings),
-            seconds=time.perf_counter() - started,
-            skip=skip,
-            frame_rate=window.frame_rate,
-            new_frames=window.new_frames,
-        )
 
     # ------------------------------------------------------------------ inference
 
@@ -261,82 +183,17 @@ class VideoLearner:
 
     # ------------------------------------------------------------------ state
 
-    def state_dict(self) -> dict[str, object]:
-        """The whole learner state: weights, statistics, optimisers, memories, RNGs, counters."""
-        return {
-            "config": self.config.model_dump(mode="json"),
-            "input_norm": self.input_norm.state_dict(),
-            "stages": [
-                {
-                    "module": stage.module.state_dict(),
-                    "head": stage.head.state_dict(),
-                    "optimizer": stage.optimizer.state_dict(),
-                    "memory": stage.memory.state_dict(),
-                    "decorrelation": decorrelation.state_dict(),
-                }
-                for stage, decorrelation in zip(self.stages, self.decorrelations)
-            ],
-            "counters": {
-                "steps": self.steps,
-                "updates": self.updates,
-                "windows_skipped_nonfinite": self.windows_skipped_nonfinite,
-                "round_robin": self._schedule.round_robin,
-            },
-            "torch_generator": self._generator.get_state(),
-            "numpy_rng": self._rng.bit_generator.state,
-        }
+    def _stage_state(self, index: int) -> dict[str, object]:
+        """Each stage's entry also holds its memory and its decorrelation statistics."""
+        return {"memory": self.stages[index].memory.state_dict(), "decorrelation": self.decorrelations[index].state_dict()}
 
-    def _volatile_state(self) -> dict[str, object]:
-        """What a step changes besides the weights, the optimiser moments and the memories (whose
-        commits guard themselves), as live tensors: the step guard's view (:mod:`online_gim.finite`)."""
-        return {
-            "input_norm": self.input_norm.state_dict(),
-            "stages": [
-                {"module": dict(stage.module.named_buffers()), "decorrelation": dict(decorrelation.named_buffers())}
-                for stage, decorrelation in zip(self.stages, self.decorrelations)
-            ],
-        }
+    def _load_stage_state(self, index: int, saved: dict[str, Any]) -> None:
+        self.decorrelations[index].load_state_dict(saved["decorrelation"])
+        self.stages[index].memory.load_state_dict(saved["memory"])
 
-    def _load_volatile_state(self, state: dict[str, object]) -> None:
-        """Restores a copy of :meth:`_volatile_state`."""
-        self.input_norm.load_state_dict(state["input_norm"])
-        for stage, decorrelation, saved in zip(self.stages, self.decorrelations, state["stages"]):
-            for part, name in ((stage.module, "module"), (decorrelation, "decorrelation")):
-                for key, buffer in part.named_buffers():
-                    buffer.copy_(saved[name][key])
+    def _named_memories(self) -> dict[str, NegativeMemory]:
+        return {f"stages.{i}.memory": stage.memory for i, stage in enumerate(self.stages)}
 
-    def load_state_dict(self, state: dict[str, object]) -> list[str]:
-        """Restores :meth:`state_dict`'s output; parts that hold NaN or Inf and that the stream
-        estimates again are reset, as in :meth:`OnlineLearner.load_state_dict`.
-
-        Returns:
-            The parts reset (``input_norm``, ``stages.1.module``, ``stages.1.memory``, ...), empty
-            for a sound state.
-        Raises:
-            ValueError: the state was written with a different configuration.
-            NonFiniteState: learned weights are not finite; nothing is changed.
-        """
-        saved = VideoLearnerConfig.model_validate(state["config"])
-        if saved != self.config:
-            raise ValueError("video learner state was saved with a different config")
-        paths = repairable_paths(state, self.stages)
-        self.input_norm.load_state_dict(state["input_norm"])
-        for stage, decorrelation, saved_stage in zip(self.stages, self.decorrelations, state["stages"]):
-            stage.module.load_state_dict(saved_stage["module"])
-            decorrelation.load_state_dict(saved_stage["decorrelation"])
-            stage.head.load_state_dict(saved_stage["head"])
-            stage.optimizer.load_state_dict(saved_stage["optimizer"])
-            stage.memory.load_state_dict(saved_stage["memory"])
-        counters = state["counters"]
-        self.steps = int(counters["steps"])
-        self.updates = int(counters["updates"])
-        self.windows_skipped_nonfinite = int(counters["windows_skipped_nonfinite"])
-        self._schedule.round_robin = int(counters["round_robin"])
-        self._generator.set_state(state["torch_generator"])
-        self._rng.bit_generator.state = state["numpy_rng"]
-        return repair_loaded_state(
-            paths,
-            self._guard,
-            optimizers={f"stages.{i}.optimizer": stage.optimizer for i, stage in enumerate(self.stages)},
-            memories={f"stages.{i}.memory": stage.memory for i, stage in enumerate(self.stages)},
-        )
+    def _stage_buffers(self, index: int) -> dict[str, nn.Module]:
+        """The module's running statistics and the decorrelation's."""
+        return {**super()._stage_buffers(index), "decorrelation": self.decorrelations[index]}

@@ -12,9 +12,13 @@ Examples::
     online-gim listen --source mic --device pulse --duration 60 --summary-json run.json
     online-gim listen --list-devices
 
-The loop is :class:`services.session.ListenSession`; this module builds its parts from the
-options, shows a one-line live status (rich, on a terminal), runs the side service (``--http``),
-stops cleanly on Ctrl-C or SIGTERM (summary, exit 0) and writes the summary JSON.
+This is where a run is wired together, the one place: the command line becomes typed options at
+its edge (:class:`~services.cli.listen_options.ListenOptions`), and from them this module builds the
+source (:mod:`services.cli.sources`), the learner, the session
+(:class:`~online_gim.run.audio.ListenSession`; the video branches: :mod:`services.cli.listen_video`)
+and its observers: the checkpointer (``--state``), the recorder (``--record``), the side service's
+board (``--http``) and a one-line live status (rich, on a terminal). It stops cleanly on Ctrl-C or
+SIGTERM (summary, exit 0) and writes the summary JSON.
 """
 
 from __future__ import annotations
@@ -27,11 +31,24 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from services.cli import CliError, listen_video, service_options
+from services.cli import CliError, listen_video, service_options, sources
 from services.cli import state as state_options
+from services.cli.listen_options import ListenOptions, RunOptions
 from streams.replay_config import ReplayConfig
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from online_gim.learner import OnlineLearner
+    from online_gim.report import StepReport
+    from online_gim.run.audio import AudioRecorder, ListenSession
+    from services.http import ServiceHandle
+    from services.live import LiveBoard
+    from services.progress import ProgressReporter
+    from streams.counters import StreamCounters
+    from streams.window import AudioWindow
 
 SOURCES = ("synth", "librispeech", "file", "mic", "video", "av")
 SCHEDULES = ("auto", "all", "random", "round_robin")
@@ -120,107 +137,19 @@ def _list_devices() -> int:
     return 0
 
 
-def _learner_config(args: argparse.Namespace):
-    from online_gim.config import LearnerConfig, load_config
-
-    try:
-        config = load_config(args.config) if args.config is not None else LearnerConfig()
-    except ValueError as error:
-        raise CliError(str(error)) from None
-    changes: dict[str, Any] = {}
-    if args.window is not None:
-        changes["window"] = args.window
-    if args.seed is not None:
-        changes["seed"] = args.seed
-    schedule = args.schedule or ("auto" if config.schedule == "all" else config.schedule)
-    changes["schedule"] = "all" if schedule == "auto" else schedule
-    try:
-        config = LearnerConfig.model_validate({**config.model_dump(), **changes})
-    except ValueError as error:
-        raise CliError(f"invalid learner settings: {error}") from None
-    return config, schedule
-
-
-def _speed(args: argparse.Namespace) -> float | None:
-    from streams.sources.base import parse_speed
-
-    try:
-        return parse_speed(args.speed)
-    except ValueError as error:
-        raise CliError(str(error)) from None
-
-
-def _source(args: argparse.Namespace, start=None):
-    """The source the options ask for (not yet started); a replay starts at ``start`` (a
-    ``ReplayPosition``, when resuming)."""
-    seed = args.seed if args.seed is not None else 0
-    if args.source == "mic":
-        from streams.sources.mic import MicrophoneSource, MicrophoneUnavailable
-
-        mic = MicrophoneSource(args.device)
-        try:
-            mic.resolve()  # fail early, with one sentence, before the learner is built
-        except MicrophoneUnavailable as error:
-            raise CliError(str(error)) from None
-        return mic
-    if args.source == "file":
-        from streams.sources.file import AudioFileError, FileSource
-
-        if not args.path:
-            raise CliError("--source file needs --path FILE|URL")
-        try:
-            return FileSource(args.path, speed=_speed(args), loop=args.loop)
-        except (FileNotFoundError, AudioFileError) as error:
-            raise CliError(str(error)) from None
-    if args.source == "av":
-        return listen_video.av_source(args, _speed(args))
-    if args.source == "librispeech":
-        from streams.sources.librispeech import LibriSpeechReplay
-
-        if not args.root:
-            raise CliError("--source librispeech needs --root DIR (a LibriSpeech tree)")
-        try:
-            return LibriSpeechReplay(
-                args.root, args.labels, split=args.split, order=args.order or "sorted", seed=seed,
-                speed=_speed(args), loop=args.loop, start=start,
-            )
-        except (OSError, ValueError) as error:
-            raise CliError(str(error)) from None
-    from streams.corpora.espeak import EspeakError
-    from streams.sources.synth import SynthSource
-
-    if args.root and len(args.root) > 1:
-        raise CliError("--source synth takes one --root (a synthetic corpus folder)")
-    try:
-        return SynthSource(
-            corpus_dir=args.root[0] if args.root else None, split=args.split, order=args.order or "shuffle",
-            seed=seed, speed=_speed(args), start=start,
-        )
-    except (EspeakError, OSError, ValueError) as error:
-        raise CliError(f"cannot open the synthetic speech stream: {error}") from None
-
-
-def _phone_names(args: argparse.Namespace):
-    """Names of the phone classes when the source's labels come from the synthetic corpus."""
-    if args.source != "synth":
-        return None
-    from streams.corpora.phones import PHONES
-
-    return PHONES
-
-
 # ---------------------------------------------------------------------- the live status line
 
 
 class StatusLine:
-    """A :class:`~services.session.StepObserver` that shows the run's progress through a
+    """A :class:`~online_gim.run.contract.StepObserver` that shows the run's progress through a
     :class:`~services.progress.ProgressReporter` (seconds of audio processed), with a status: source
     time, windows, drops, real-time factor, module updates and per-module loss. With the audio the
     run will process known (:func:`audio_to_process`), a bar and the time left on a terminal, a
     plain line every few seconds otherwise; without, the status alone."""
 
-    def __init__(self, reporter, hop: int) -> None:
+    def __init__(self, reporter: ProgressReporter, hop: int, counters: StreamCounters) -> None:
         self._reporter = reporter
+        self._counters = counters
         self._hop_seconds = hop / 16_000
         self._compute = 0.0
         self._windows = 0
@@ -228,7 +157,8 @@ class StatusLine:
         self._updates = 0
         self._first_sample: int | None = None
 
-    def on_step(self, window, report, counters) -> None:
+    def on_step(self, window: AudioWindow, report: StepReport) -> None:
+        counters = self._counters
         self._windows += 1
         self._compute += report.seconds
         self._slots += len(report.modules)
@@ -249,7 +179,7 @@ class StatusLine:
         self._reporter.close()
 
 
-def audio_to_process(args: argparse.Namespace, source, window: int, hop: int) -> float | None:
+def audio_to_process(run: RunOptions, source: object, window: int, hop: int) -> float | None:
     """Seconds of audio the windows of this run will span when it ends by itself: the least of
     ``--duration``, ``--max-windows`` and what a one-pass replay or file holds (less the remainder
     shorter than a window); ``None`` for an endless stream (a microphone, a looping replay) without
@@ -264,9 +194,9 @@ def audio_to_process(args: argparse.Namespace, source, window: int, hop: int) ->
         return windows_span((samples - window) // hop + 1 if samples >= window else 0)
 
     remaining = source.remaining_seconds() if isinstance(source, AudioSource) else None  # else a live push source
-    limits = [span_of(seconds) for seconds in (remaining, args.duration) if seconds is not None]
-    if args.max_windows is not None:
-        limits.append(windows_span(args.max_windows))
+    limits = [span_of(seconds) for seconds in (remaining, run.duration) if seconds is not None]
+    if run.max_windows is not None:
+        limits.append(windows_span(run.max_windows))
     return min(limits) if limits else None
 
 
@@ -308,51 +238,36 @@ class _Signals:
 def run_listen(args: argparse.Namespace) -> int:
     if args.list_devices:
         return _list_devices()
-    if args.duration is not None and not args.duration > 0:
-        raise CliError("--duration must be a positive number of seconds")
-    if args.max_windows is not None and args.max_windows < 1:
-        raise CliError("--max-windows must be at least 1")
-    service_options.check(args)
+    options = ListenOptions.from_args(args)
     from rich.console import Console
 
     console = Console(stderr=True)
-    interactive = console.is_terminal and not args.quiet
+    interactive = console.is_terminal and not options.run.quiet
     _configure_logging(console)
     with _Signals() as signals:
         try:
-            return _listen(args, signals, console, interactive)
+            return _listen(options, signals, console, interactive)
         except _Interrupted as stop:
             print(f"online-gim listen: {stop} before listening started; nothing learned", file=sys.stderr)
             return 0
 
 
-def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: bool) -> int:
-    if args.source == "video":
-        document, failed = listen_video.listen_video(args, signals, _speed(args))
-        _write_summary(args, document)
-        if not args.quiet:
+def _listen(options: ListenOptions, signals: _Signals, console: Console, interactive: bool) -> int:
+    run = options.run
+    if options.source.kind == "video":
+        document, failed = listen_video.listen_video(options, signals)
+        _write_summary(run, document)
+        if not run.quiet:
             listen_video.print_summary(document)
         if failed:
             print(f"online-gim listen: error: {document['video_error']}", file=sys.stderr)
-        return state_options.not_saved(args, document) or (1 if failed else 0)
-    config, schedule = _learner_config(args)
+        return state_options.not_saved(options.state, document) or (1 if failed else 0)
+    state = state_options.open_listen_state(options.state) if options.state is not None else None
     try:
-        replay = ReplayConfig(ratio=args.replay, minutes=args.replay_minutes, policy=args.replay_policy)
-    except ValueError as error:
-        raise CliError(f"--replay: {error}") from None
-    if args.hop is not None and not 0 < args.hop <= config.window:
-        raise CliError(f"--hop must be between 1 and the window ({config.window})")
-    capacity = None
-    if args.buffer_seconds is not None:
-        capacity = round(args.buffer_seconds * 16_000)
-        if capacity < config.window:
-            raise CliError(f"--buffer-seconds must hold at least one window ({config.window / 16_000:.2f} s)")
-    state = state_options.open_listen_state(args)  # None without --state
-    try:
-        source = _source(args, start=state.replay_start if state is not None else None)
+        source = sources.audio_source(options.source, options.video, start=state.replay_start if state is not None else None)
         if state is not None and not state.continues(source):
             source.close()
-            source = _source(args, start=state.fresh_start)
+            source = sources.audio_source(options.source, options.video, start=state.fresh_start)
     except BaseException:
         if state is not None:
             state.close()
@@ -360,35 +275,39 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
     service = board = None
     try:
         from online_gim.learner import OnlineLearner
-        from services.session import ListenSession
+        from online_gim.run.audio import ListenSession
 
+        config = options.learner
         learner = OnlineLearner(config)
         if state is not None:
             state_options.restore(state, learner)
         session = ListenSession(
-            source, learner, window=config.window, hop=args.hop, capacity=capacity,
-            auto_schedule=schedule == "auto", max_seconds=args.duration, max_windows=args.max_windows,
-            schedule_name=schedule, origin=state.origin if state is not None else 0, replay=replay,
+            source, learner, window=config.window, hop=options.hop, capacity=options.capacity,
+            auto_schedule=options.schedule == "auto", max_seconds=run.duration, max_windows=run.max_windows,
+            schedule_name=options.schedule, origin=state.origin if state is not None else 0, replay=options.replay,
         )
+        hop = session.summary.hop
         checkpointer = None
         if state is not None:
-            checkpointer = state_options.checkpointer(
-                args, state, learner, stop=session.stop, source=source, hop=session.summary.hop
+            checkpointer = state.checkpointer(
+                learner, source=source, hop=hop, every_windows=options.state.every_windows,
+                every_seconds=options.state.every_seconds, stop=session.stop,
             )
             session.add_observer(checkpointer)
-        if args.record is not None:
-            session.add_observer(_recorder(args.record))
-        service, board = _side_service(args, session, learner, config)
-        if board is not None and checkpointer is not None:
-            board.attach_checkpointer(checkpointer)
-        if not args.quiet:
-            total = audio_to_process(args, source, config.window, session.summary.hop)
+        if run.record is not None:
+            session.add_observer(_recorder(run.record))
+        if options.service is not None:
+            service, board = _side_service(options, session, learner)
+            if checkpointer is not None:
+                board.attach_checkpointer(checkpointer)
+        if not run.quiet:
+            total = audio_to_process(run, source, config.window, hop)
             if interactive or total is not None:  # off a terminal, lines only when there is an end to estimate
                 from services.progress import ProgressReporter
 
                 reporter = ProgressReporter("online-gim listen", total, unit="s of audio", console=console)
-                session.add_observer(StatusLine(reporter, session.summary.hop))
-        video = listen_video.BesideAudio(args, source, session, board=board) if args.source == "av" else None
+                session.add_observer(StatusLine(reporter, hop, session.counters))
+        video = listen_video.BesideAudio(options, source, session, board=board) if options.source.kind == "av" else None
     except BaseException:
         if service is not None:
             service.stop()
@@ -413,27 +332,27 @@ def _listen(args: argparse.Namespace, signals: _Signals, console, interactive: b
         document.update(video.finish())
     if state is not None:
         document.update(state.summary_fields())
-    _write_summary(args, document)
-    if not args.quiet:
+    _write_summary(run, document)
+    if not run.quiet:
         _print_summary(document)
         if video is not None:
             listen_video.print_summary(document)
     if summary.stop_reason == "source_error":
         print(f"online-gim listen: error: {summary.error}", file=sys.stderr)
-    return state_options.not_saved(args, document) or (1 if summary.stop_reason == "source_error" else 0)
+    return state_options.not_saved(options.state, document) or (1 if summary.stop_reason == "source_error" else 0)
 
 
-def _write_summary(args: argparse.Namespace, document: dict[str, Any]) -> None:
-    if args.summary_json is not None:
+def _write_summary(run: RunOptions, document: dict[str, Any]) -> None:
+    if run.summary_json is not None:
         try:
-            args.summary_json.parent.mkdir(parents=True, exist_ok=True)
-            args.summary_json.write_text(json.dumps(document, indent=2) + "\n")
+            run.summary_json.parent.mkdir(parents=True, exist_ok=True)
+            run.summary_json.write_text(json.dumps(document, indent=2) + "\n")
         except OSError as error:
-            raise CliError(f"cannot write the summary to {args.summary_json}: {error.strerror or error}") from None
+            raise CliError(f"cannot write the summary to {run.summary_json}: {error.strerror or error}") from None
 
 
-def _recorder(path: Path):
-    from services.session import AudioRecorder
+def _recorder(path: Path) -> AudioRecorder:
+    from online_gim.run.audio import AudioRecorder
 
     try:
         return AudioRecorder(path)
@@ -441,17 +360,18 @@ def _recorder(path: Path):
         raise CliError(f"cannot record to {path}: {error}") from None
 
 
-def _side_service(args: argparse.Namespace, session, learner, config):
-    """Starts the HTTP service with a LiveBoard observing the session, unless ``--no-http``.
-    Returns the service's handle and the board (both ``None`` with ``--no-http``)."""
-    if args.no_http:
-        return None, None
+def _side_service(options: ListenOptions, session: ListenSession, learner: OnlineLearner) -> tuple[ServiceHandle, LiveBoard]:
+    """Starts the HTTP service with a LiveBoard observing the session; returns the service's handle
+    and the board."""
     from services.live import LiveBoard
 
-    board = LiveBoard(source=session.summary.source, config=config.model_dump(mode="json"), phone_names=_phone_names(args))
+    board = LiveBoard(
+        source=session.summary.source, config=options.learner.model_dump(mode="json"),
+        phone_names=sources.phone_names(options.source),
+    )
     board.attach_learner(learner)
-    board.attach_buffer(session.buffer)
-    service = service_options.start(args, board)  # raises CliError (address in use, no token, ...)
+    board.attach_stream(session.stream)
+    service = service_options.start(options.service, board)  # raises CliError (address in use, ...)
     session.add_observer(board)
     board.set_source_state(open=True)
     print(f"online-gim listen: serving {service.url} (dashboard, /docs, /metrics)", file=sys.stderr)

@@ -9,11 +9,11 @@ Usage in a command module::
         service_options.add_arguments(parser)
 
     def run(args):
-        service_options.check(args)                    # before building anything slow; raises CliError
-        board = LiveBoard(source=args.source, ...)
-        service = service_options.start(args, board)   # None with --no-http; raises CliError
+        options = service_options.from_args(args)      # before building anything slow; raises CliError
+        board = LiveBoard(source=..., ...)
+        service = service_options.start(options, board)   # None with --no-http; raises CliError
         try:
-            ...  # board.on_step(window, report, counters) after every learner step
+            ...  # the session calls board.on_step(window, report) after every learner step
         finally:
             if service is not None:
                 service.stop()
@@ -24,10 +24,25 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from services.cli import CliError
 
+if TYPE_CHECKING:
+    from services.http import ServiceHandle
+    from services.live import LiveBoard
+
 DEFAULT_ADDRESS = "127.0.0.1:8000"
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    """Where to serve the side service, and its token (``None``: no token)."""
+
+    host: str
+    port: int
+    token: str | None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,44 +59,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _token(args: argparse.Namespace) -> str | None:
-    from services.http import TOKEN_ENV
-
-    return args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
-
-
-def check(args: argparse.Namespace) -> None:
-    """Fail early, before the source and learner are built, on options that cannot work: a
-    malformed ``--http``, or a non-loopback address without a token.
+def from_args(args: argparse.Namespace) -> ServiceOptions | None:
+    """The service's options (``None`` with ``--no-http``), checked early, before the source and the
+    learner are built: a malformed ``--http``, or a non-loopback address without a token, fail.
 
     Raises:
         CliError: with one sentence saying what to change.
     """
-    if getattr(args, "no_http", False):
-        return
-    from services.http import ServiceConfigError, check_address, parse_host_port
-
-    try:
-        host, _ = parse_host_port(args.http)
-        check_address(host, _token(args))
-    except ServiceConfigError as error:
-        raise CliError(str(error)) from None
-
-
-def start(args: argparse.Namespace, board):  # -> services.http.ServiceHandle | None
-    """Start the service for ``board`` as the options say, or ``None`` with ``--no-http``.
-
-    Raises:
-        CliError: a malformed address, a non-loopback address without a token, a port in use.
-    """
-    if getattr(args, "no_http", False):
+    if args.no_http:
         return None
-    from services.http import ServiceConfigError, parse_host_port, serve_in_thread
+    from services.http import TOKEN_ENV, ServiceConfigError, check_address, parse_host_port
 
-    token = _token(args)
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
     try:
         host, port = parse_host_port(args.http)
-        handle = serve_in_thread(board, host, port, token)
+        check_address(host, token)
     except ServiceConfigError as error:
         raise CliError(str(error)) from None
-    return handle
+    return ServiceOptions(host, port, token)
+
+
+def start(options: ServiceOptions, board: LiveBoard) -> ServiceHandle:
+    """Starts the service for ``board`` in a thread of this process.
+
+    Raises:
+        CliError: the port is in use (or the address cannot be served).
+    """
+    from services.http import ServiceConfigError, serve_in_thread
+
+    try:
+        return serve_in_thread(board, options.host, options.port, options.token)
+    except ServiceConfigError as error:
+        raise CliError(str(error)) from None

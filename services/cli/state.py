@@ -15,9 +15,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.cli import CliError
+
+if TYPE_CHECKING:
+    from online_gim.run.contract import StreamLearner
+    from online_gim.run.state import RunState
 
 DEFAULT_EVERY_WINDOWS = 1000
 DEFAULT_EVERY_SECONDS = 300.0
@@ -68,13 +74,22 @@ def add_listen_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"checkpoints to keep (default {DEFAULT_KEEP})")
 
 
-def open_listen_state(args: argparse.Namespace, *, video: bool = False, directory: Path | None = None):
-    """The listen state of ``--state`` (``None`` without it): a
-    :class:`~online_gim.state.listen_state.ListenState`, or with ``video`` a
-    :class:`~online_gim.state.video_state.VideoListenState`, in ``directory`` (default: ``--state``).
+@dataclass(frozen=True)
+class StateOptions:
+    """``--state DIR`` and its schedule: checkpoint every ``every_windows`` windows and every
+    ``every_seconds`` seconds (0 = off), keep ``keep`` checkpoints."""
 
-    Prints where the run resumes from. Raises :class:`CliError` on bad periods, a locked or
-    unusable directory, no intact checkpoint, another format version, or another learner's checkpoints.
+    directory: Path
+    every_windows: int = DEFAULT_EVERY_WINDOWS
+    every_seconds: float = DEFAULT_EVERY_SECONDS
+    keep: int = DEFAULT_KEEP
+
+
+def from_args(args: argparse.Namespace) -> StateOptions | None:
+    """The state options (``None`` without ``--state``).
+
+    Raises:
+        CliError: negative periods, or ``--keep`` below 1.
     """
     if args.state is None:
         return None
@@ -82,13 +97,24 @@ def open_listen_state(args: argparse.Namespace, *, video: bool = False, director
         raise CliError("--checkpoint-every-windows and --checkpoint-every-seconds must be >= 0 (0 = off)")
     if args.keep < 1:
         raise CliError("--keep must be at least 1")
-    from online_gim.state.listen_state import ListenState
-    from online_gim.state.store import CheckpointError
-    from online_gim.state.video_state import VideoListenState
+    return StateOptions(args.state, args.checkpoint_every_windows, args.checkpoint_every_seconds, args.keep)
 
-    directory = args.state if directory is None else directory
+
+def open_listen_state(options: StateOptions, *, video: bool = False, directory: Path | None = None) -> RunState:
+    """The listen state in ``directory`` (default: ``options.directory``): a
+    :class:`~online_gim.run.audio_state.ListenState`, or with ``video`` a
+    :class:`~online_gim.run.video_state.VideoListenState`.
+
+    Prints where the run resumes from. Raises :class:`CliError` on a locked or unusable directory,
+    no intact checkpoint, another format version, or another learner's checkpoints.
+    """
+    from online_gim.run.audio_state import ListenState
+    from online_gim.run.video_state import VideoListenState
+    from online_gim.state.store import CheckpointError
+
+    directory = options.directory if directory is None else directory
     try:
-        state = (VideoListenState if video else ListenState)(directory, keep=args.keep)
+        state = (VideoListenState if video else ListenState)(directory, keep=options.keep)
     except CheckpointError as error:
         raise CliError(str(error)) from None
     if state.checkpoint is None:
@@ -102,7 +128,7 @@ def open_listen_state(args: argparse.Namespace, *, video: bool = False, director
     return state
 
 
-def restore(state, learner) -> None:
+def restore(state: RunState, learner: StreamLearner) -> None:
     """Loads the checkpoint into ``learner``; a checkpoint of another config, or one whose learned
     weights are not finite, is a :class:`CliError`."""
     from online_gim.finite import NonFiniteState
@@ -121,27 +147,17 @@ def restore(state, learner) -> None:
         ) from None
 
 
-def checkpointer(args: argparse.Namespace, state, learner, *, stop, **stream):
-    """The checkpointer of the run as ``--checkpoint-every-*`` ask; ``stop``: the session's, called
-    when checkpoints keep failing (``stream``: what the audio state's checkpointer also needs, its
-    ``source`` and ``hop``)."""
-    return state.checkpointer(
-        learner, **stream, every_windows=args.checkpoint_every_windows, every_seconds=args.checkpoint_every_seconds,
-        stop=stop,
-    )
-
-
-def not_saved(args: argparse.Namespace, document: dict) -> int | None:
+def not_saved(options: StateOptions | None, document: dict) -> int | None:
     """The exit code :data:`~services.cli.EXIT_NOT_SAVED` when the listen summary ``document`` says
     that learning of this run could not be saved (its checkpoints failed), after telling so on
     stderr; ``None`` otherwise."""
     from services.cli import EXIT_NOT_SAVED
 
     lost = {key: document[key] for key in ("windows_not_saved", "video_windows_not_saved") if document.get(key)}
-    if not lost:
+    if not lost or options is None:
         return None
     print(
-        f"online-gim listen: error: checkpoints could not be written to {args.state}: "
+        f"online-gim listen: error: checkpoints could not be written to {options.directory}: "
         + ", ".join(f"{count} {'video ' if key.startswith('video') else ''}windows" for key, count in lost.items())
         + " learned by this run are not saved",
         file=sys.stderr,

@@ -1,7 +1,7 @@
-"""Durable state of a listen run: resume where the newest checkpoint left off, checkpoint as it goes.
+"""Durable state of an audio run (``online-gim listen --state DIR``): what resumes where.
 
-A listen checkpoint is the tree ``{"learner": learner.state_dict(), "stream": StreamPoint,
-"listen": ListenTotals}`` in a :class:`~online_gim.state.store.CheckpointStore`:
+An audio checkpoint is the tree ``{"learner": learner.state_dict(), "stream": StreamPoint,
+"listen": ListenTotals}`` (:data:`AUDIO_LAYOUT`, the run state is :mod:`online_gim.run.state`'s):
 
 - ``stream``: the stream position of the next window's first sample (``next_sample``), and for a
   replayed corpus (:class:`~streams.sources.librispeech.LibriSpeechReplay`, the synthetic stream)
@@ -33,12 +33,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
-from online_gim.state.checkpointer import PeriodicCheckpointer, RunState
-from online_gim.state.store import CheckpointStore
+from online_gim.run.contract import StreamLearner
+from online_gim.run.state import Checkpointer, RunState, StateLayout
 from streams.sources.librispeech import LibriSpeechReplay, ReplayPosition
 from streams.window import SAMPLE_RATE, AudioWindow
 
@@ -71,6 +72,12 @@ class ListenTotals:
                 self.utterances += 1
                 self.last_utterance = span.utterance_id
 
+    def info(self) -> dict[str, Any]:
+        return {"windows": self.windows}
+
+    def describe(self) -> str:
+        return f"{self.windows} windows, {self.utterances} utterances"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -94,6 +101,17 @@ class StreamPoint:
     source_id: str
     replay: ReplayPosition | None = None
     fingerprint: str | None = None
+
+    @property
+    def position(self) -> int:
+        return self.next_sample
+
+    @property
+    def stream_seconds(self) -> float:
+        return self.next_sample / SAMPLE_RATE
+
+    def where(self) -> str:
+        return f"{self.stream_seconds:.2f} s"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "replay": None if self.replay is None else self.replay.to_dict()}
@@ -123,73 +141,32 @@ def stream_point(source: object, next_sample: int) -> StreamPoint:
     return StreamPoint(next_sample, source_id, source.locate(next_sample), replay_fingerprint(source))
 
 
-class Checkpointer(PeriodicCheckpointer):
-    """A :class:`~services.session.StepObserver` that checkpoints an audio listen run. The schedule
-    and the other parameters are :class:`PeriodicCheckpointer`'s (``totals``: :class:`ListenTotals`).
+def audio_locator(source: object, hop: int) -> Callable[[AudioWindow], StreamPoint]:
+    """Where a run of ``source`` with windows ``hop`` samples apart resumes after a learned window:
+    at the next window's first sample."""
+    return lambda window: stream_point(source, window.start_sample + hop)
 
-    Parameters:
-        source: the stream's source (its replay position is saved when it is a replay).
-        hop: samples between window starts.
-    """
 
-    def __init__(
-        self,
-        store: CheckpointStore,
-        learner: Any,
-        source: object,
-        *,
-        hop: int,
-        totals: ListenTotals,
-        every_windows: int = 0,
-        every_seconds: float = 0.0,
-        clock: Callable[[], float] = time.monotonic,
-        stop: Callable[[str], None] | None = None,
-    ) -> None:
-        super().__init__(
-            store, learner, totals=totals, every_windows=every_windows, every_seconds=every_seconds, clock=clock,
-            stop=stop,
-        )
-        self.source = source
-        self.hop = hop
-        self._next_sample: int | None = None
-
-    def on_step(self, window: AudioWindow, report: object, counters: object) -> None:
-        self.totals.count(window)
-        self._next_sample = window.start_sample + self.hop
-        self.window_learned()
-
-    def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        if self._next_sample is None:
-            return None
-        point = stream_point(self.source, self._next_sample)
-        state = {"learner": self.learner.state_dict(), "stream": point.to_dict(), "listen": self.totals.to_dict()}
-        info = {
-            "model_step": self.learner.updates,
-            "windows": self.totals.windows,
-            "stream_seconds": point.next_sample / SAMPLE_RATE,
-        }
-        return state, info
+AUDIO_LAYOUT = StateLayout(
+    learner="learner", stream="stream", totals="listen", point_from=StreamPoint.from_dict, totals_type=ListenTotals,
+    other_learners={"video_learner": "--source video"},
+)
 
 
 class ListenState(RunState):
     """A state directory opened for an audio listen run: what to resume from, and the checkpointer.
-    Parameters and errors: :class:`RunState` (it refuses the video learner's state directories)."""
+    Parameters and errors: :class:`~online_gim.run.state.RunState` (it refuses the video learner's
+    state directories)."""
 
-    learner_key = "learner"
-    stream_key, stream_type = "stream", StreamPoint
-    totals_key, totals_type = "listen", ListenTotals
-    checkpointer_type = Checkpointer
-    other_learners = {"video_learner": "--source video"}
+    point: StreamPoint | None
 
-    @property
-    def origin(self) -> int:
-        """Stream position of the first sample of this run (the ring buffer's ``origin``)."""
-        return self.point.next_sample if self.point is not None else 0
+    def __init__(self, directory: str | Path, *, keep: int = 3) -> None:
+        super().__init__(directory, AUDIO_LAYOUT, keep=keep)
 
-    def describe(self) -> str:
-        """What the checkpoint resumed from holds, for people."""
-        totals = self.totals
-        return f"{totals.windows} windows, {totals.utterances} utterances, stream at {self.origin / SAMPLE_RATE:.2f} s"
+    def checkpointer(self, learner: StreamLearner, *, source: object, hop: int, **schedule: Any) -> Checkpointer:
+        """The run's checkpointer (:meth:`RunState.checkpointer`; ``schedule``: its periods and
+        ``stop``), saving the replay position of ``source`` whose windows are ``hop`` samples apart."""
+        return super().checkpointer(learner, locate=audio_locator(source, hop), **schedule)
 
     @property
     def fresh_start(self) -> ReplayPosition:

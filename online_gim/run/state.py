@@ -1,32 +1,108 @@
-"""What every listen run's durable state does, whatever its learner: open a state directory and
-resume from its newest checkpoint (:class:`RunState`), and save on a schedule
-(:class:`PeriodicCheckpointer`: every N learned windows, every T seconds of wall clock, at the end).
+"""The durable state of a run, for any :class:`~online_gim.run.contract.StreamLearner`: open a state
+directory and resume from its newest checkpoint (:class:`RunState`), and save on a schedule
+(:class:`Checkpointer`, a step observer: every N learned windows, every T seconds of wall clock, at
+the end).
 
-The audio and the video listen states (:mod:`.listen_state`, :mod:`.video_state`) subclass both:
-they say what a checkpoint holds besides the learner (the stream position, the run totals) and
-under which key the learner's state is. A state directory holds one learner's checkpoints; resuming
-another learner from it is refused with a message that names the right ``--source``.
+A checkpoint is the tree ``{<learner>: learner.state_dict(), <stream>: point, <totals>: totals}`` in
+a :class:`~online_gim.state.store.CheckpointStore`; a :class:`StateLayout` names the three keys and
+says what the point (where the stream stood: :class:`ResumePoint`) and the totals (over every run
+that continued the state: :class:`RunTotals`) are for one kind of stream: audio
+(:mod:`online_gim.run.audio_state`) or video (:mod:`online_gim.run.video_state`). A state directory
+holds one learner's checkpoints; resuming another learner from it is refused with a message that
+names the right ``--source``.
+
+Usage::
+
+    state = VideoListenState("state/", keep=3)             # loads the newest intact checkpoint
+    learner = VideoLearner(config)
+    state.restore(learner)                                  # ValueError: another config
+    session = VideoListenSession(frames, learner, frame_rate=25.0, source_id="video", origin=state.origin)
+    session.add_observer(state.checkpointer(learner, every_windows=100, stop=session.stop))
+    session.run()                                           # checkpoints; the last one when it closes
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from online_gim.finite import describe_paths, nonfinite_paths
+from online_gim.report import StepReport
+from online_gim.run.contract import StreamLearner, StreamWindow
 from online_gim.state.store import Checkpoint, CheckpointError, CheckpointStore
 
 log = logging.getLogger(__name__)
 
+W = TypeVar("W", bound=StreamWindow)
+
 MAX_CONSECUTIVE_FAILURES = 3
-"""Failed saves in a row after which a listen run stops: learning on would only grow what is lost."""
+"""Failed saves in a row after which a run stops: learning on would only grow what is lost."""
 
 
-class PeriodicCheckpointer:
-    """Saves a snapshot of a listen run into a :class:`CheckpointStore` on a schedule.
+class ResumePoint(Protocol):
+    """Where the stream stood at a checkpoint."""
+
+    @property
+    def position(self) -> int:
+        """Stream position (in the stream's units) where the next run goes on (its ``origin``)."""
+
+    @property
+    def stream_seconds(self) -> float:
+        """That position in seconds of stream."""
+
+    def where(self) -> str:
+        """That position, for people (``"12.80 s"``, ``"frame 400"``)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class RunTotals(Protocol[W]):
+    """Totals over all the runs that continued one state (the learner's history)."""
+
+    windows: int
+    runs: int
+
+    def count(self, window: W) -> None:
+        """Adds one learned window."""
+
+    def info(self) -> dict[str, Any]:
+        """What a checkpoint's manifest entry shows of them (``windows``, ...)."""
+
+    def describe(self) -> str:
+        """For people: ``"120 windows, 14 utterances"``."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """Where one kind of run keeps its parts in a checkpoint, and what they are.
+
+    Attributes:
+        learner, stream, totals: the keys of the learner's state, the :class:`ResumePoint` and the
+            :class:`RunTotals` in the checkpoint tree.
+        point_from: reads a saved point (``from_dict``).
+        totals_type: the totals' type (``from_dict`` reads saved ones; ``()`` makes fresh ones).
+        summary_prefix: put before every key of :meth:`RunState.summary_fields`.
+        other_learners: the other kinds' learner keys -> how to run them (for the refusal).
+    """
+
+    learner: str
+    stream: str
+    totals: str
+    point_from: Callable[[dict[str, Any]], ResumePoint]
+    totals_type: Any
+    other_learners: dict[str, str]
+    summary_prefix: str = ""
+
+
+class Checkpointer(Generic[W]):
+    """Saves a snapshot of a run into a :class:`CheckpointStore` on a schedule: a step observer.
 
     Saves after every ``every_windows`` windows and once ``every_seconds`` (wall clock) have passed
     since the last save (0 disables either), and at :meth:`close` when windows were learned since.
@@ -37,8 +113,10 @@ class PeriodicCheckpointer:
 
     Parameters:
         store: where to save.
-        learner: the learner (``state_dict()``, ``updates``).
+        learner: the learner.
+        layout: the keys of the checkpoint tree.
         totals: the run totals to save (continued from the checkpoint resumed from).
+        locate: the stream position to resume from after a learned window (asked when saving).
         every_windows, every_seconds: the periods.
         clock: monotonic seconds (tests pass a fake one).
         stop: called with a stop reason when saving has failed too often (the session's ``stop``).
@@ -55,9 +133,11 @@ class PeriodicCheckpointer:
     def __init__(
         self,
         store: CheckpointStore,
-        learner: Any,
+        learner: StreamLearner[W],
         *,
-        totals: Any,
+        layout: StateLayout,
+        totals: RunTotals[W],
+        locate: Callable[[W], ResumePoint],
         every_windows: int = 0,
         every_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
@@ -67,11 +147,14 @@ class PeriodicCheckpointer:
             raise ValueError("checkpoint periods must be >= 0 (0 = off)")
         self.store = store
         self.learner = learner
+        self.layout = layout
         self.totals = totals
         self.every_windows = every_windows
         self.every_seconds = every_seconds
+        self._locate = locate
         self._clock = clock
         self._stop = stop
+        self._last: W | None = None  # the newest learned window
         self._last_attempt = clock()
         self._since_attempt = 0  # windows learned since the last save was tried
         self._failed_in_a_row = 0
@@ -80,18 +163,26 @@ class PeriodicCheckpointer:
         self.failed = 0
         self.last_saved_at: float | None = None
 
-    def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """The state tree to save and the manifest's ``info`` for it; ``None`` before the first window."""
-        raise NotImplementedError
-
-    def window_learned(self) -> None:
-        """Counts one learned window and saves when a period is due."""
+    def on_step(self, window: W, report: StepReport | None) -> None:
+        """Counts the learned window and saves when a period is due."""
+        self.totals.count(window)
+        self._last = window
         self.unsaved += 1
         self._since_attempt += 1
         due_windows = self.every_windows and self._since_attempt >= self.every_windows
         due_time = self.every_seconds and self._clock() - self._last_attempt >= self.every_seconds
         if due_windows or due_time:
             self.save()
+
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The state tree to save and the manifest's ``info`` for it; ``None`` before the first window."""
+        if self._last is None:
+            return None
+        point = self._locate(self._last)
+        layout = self.layout
+        state = {layout.learner: self.learner.state_dict(), layout.stream: point.to_dict(), layout.totals: self.totals.to_dict()}
+        info = {"model_step": self.learner.updates, **self.totals.info(), "stream_seconds": point.stream_seconds}
+        return state, info
 
     def save(self) -> bool:
         """Writes a checkpoint of the run as it is after the last window. Returns whether it was
@@ -128,6 +219,7 @@ class PeriodicCheckpointer:
         return False
 
     def close(self) -> None:
+        """Saves what was learned since the last checkpoint, then releases the directory. Idempotent."""
         try:
             if self.unsaved:
                 self.save()
@@ -135,82 +227,69 @@ class PeriodicCheckpointer:
             self.store.close()
 
 
-def require_learner(state: dict[str, Any], key: str, store: CheckpointStore, *, other: dict[str, str]) -> None:
-    """Checks that a loaded checkpoint holds the learner a listen run is about to resume.
-
-    Args:
-        state: the checkpoint's state tree.
-        key: the key of the expected learner's state (``learner``, ``video_learner``).
-        store: the state directory (for the message).
-        other: the other learners' keys -> how to run them (``{"video_learner": "--source video"}``).
-    Raises:
-        CheckpointError: the checkpoint holds another learner (the message says which and how to use it).
-    """
-    if key in state:
-        return
-    for other_key, how in other.items():
-        if other_key in state:
-            raise CheckpointError(
-                f"state directory {store.directory} holds the checkpoints of another learner (listen with {how}); "
-                "use another --state DIR"
-            )
-    raise CheckpointError(f"state directory {store.directory} holds a checkpoint without a {key.replace('_', ' ')}")
-
-
 class RunState:
-    """A state directory opened for a listen run: the newest intact checkpoint, if any, to resume from.
-
-    Subclasses set :attr:`learner_key` (where the learner's ``state_dict`` is in a checkpoint),
-    :attr:`other_learners` (the other learners' keys and how to run them, for the refusal),
-    :attr:`checkpointer_type`, and the key and type (``from_dict``) of the saved stream position
-    (:attr:`point`) and of the run totals (:attr:`totals`, which the checkpointer goes on counting).
+    """A state directory opened for a run: the newest intact checkpoint, if any, to resume from.
 
     Parameters:
         directory: the state directory (created when missing).
+        layout: the kind of run (its keys and types).
         keep: checkpoints kept.
     Raises:
         CheckpointError: the directory is unusable, locked by another process, has no intact
             checkpoint or one of another format version (see :class:`CheckpointStore`), or holds
-            another learner's checkpoints (:attr:`other_learners`).
+            another learner's checkpoints (``layout.other_learners``).
     """
 
-    learner_key: ClassVar[str]
-    other_learners: ClassVar[dict[str, str]]
-    checkpointer_type: ClassVar[type[PeriodicCheckpointer]]
-    stream_key: ClassVar[str]
-    stream_type: ClassVar[Any]
-    totals_key: ClassVar[str]
-    totals_type: ClassVar[Any]
-    summary_prefix: ClassVar[str] = ""
-
-    def __init__(self, directory: str | Path, *, keep: int = 3) -> None:
+    def __init__(self, directory: str | Path, layout: StateLayout, *, keep: int = 3) -> None:
+        self.layout = layout
         self.store = CheckpointStore(directory, keep=keep)
         try:
             self.checkpoint: Checkpoint | None = self.store.load_newest()
             saved = self.checkpoint.state if self.checkpoint is not None else None
             if saved is not None:
-                require_learner(saved, self.learner_key, self.store, other=self.other_learners)
-            self.point = self.stream_type.from_dict(saved[self.stream_key]) if saved else None
-            self.totals = self.totals_type.from_dict(saved[self.totals_key]) if saved else self.totals_type()
+                self._require_learner(saved)
+            self.point: ResumePoint | None = layout.point_from(saved[layout.stream]) if saved else None
+            self.totals: RunTotals = layout.totals_type.from_dict(saved[layout.totals]) if saved else layout.totals_type()
         except BaseException:
             self.store.close()
             raise
         self.totals.runs += 1
-        self._checkpointer: PeriodicCheckpointer | None = None
+        self._checkpointer: Checkpointer | None = None
         self.repaired: list[str] = []
+
+    def _require_learner(self, state: dict[str, Any]) -> None:
+        """Raises :class:`CheckpointError` when the checkpoint holds another learner than this kind's
+        (the message says which and how to use it)."""
+        key = self.layout.learner
+        if key in state:
+            return
+        for other_key, how in self.layout.other_learners.items():
+            if other_key in state:
+                raise CheckpointError(
+                    f"state directory {self.store.directory} holds the checkpoints of another learner (listen with {how}); "
+                    "use another --state DIR"
+                )
+        raise CheckpointError(f"state directory {self.store.directory} holds a checkpoint without a {key.replace('_', ' ')}")
+
+    @property
+    def origin(self) -> int:
+        """Stream position of this run's first unit (the session's ``origin``): where the saved
+        stream stopped, 0 on a fresh start."""
+        return self.point.position if self.point is not None else 0
 
     def describe(self) -> str:
         """What the checkpoint resumed from holds (totals, stream position), for people."""
-        raise NotImplementedError
+        where = self.point.where() if self.point is not None else "its start"
+        return f"{self.totals.describe()}, stream at {where}"
 
     @property
     def resumed_from_step(self) -> int:
         """Model step (learner updates) of the checkpoint resumed from; 0 on a fresh start."""
         if self.checkpoint is None:
             return 0
-        return int(self.checkpoint.state[self.learner_key]["counters"]["updates"])
+        return int(self.checkpoint.state[self.layout.learner]["counters"]["updates"])
 
-    def restore(self, learner: Any) -> None:
+    def restore(self, learner: StreamLearner) -> None:
         """Loads the saved learner state into ``learner`` (nothing on a fresh start). Parts of it that
         held NaN or Inf and that the stream estimates again were reset by the learner: they are
         logged and listed in :attr:`repaired` (and the summary's ``state_repaired``).
@@ -221,7 +300,7 @@ class RunState:
         """
         if self.checkpoint is None:
             return
-        self.repaired = learner.load_state_dict(self.checkpoint.state[self.learner_key])
+        self.repaired = learner.load_state_dict(self.checkpoint.state[self.layout.learner])
         if self.repaired:
             log.warning(
                 "checkpoint %s held NaN or Inf in %s (written before online-gim guarded its state against them); "
@@ -231,32 +310,31 @@ class RunState:
 
     def checkpointer(
         self,
-        learner: Any,
+        learner: StreamLearner,
         *,
+        locate: Callable[[Any], ResumePoint],
         every_windows: int = 0,
         every_seconds: float = 0.0,
         stop: Callable[[str], None] | None = None,
-        **stream: Any,
-    ) -> PeriodicCheckpointer:
-        """The checkpointer of this run, a :attr:`checkpointer_type` saving into this directory with
-        this run's totals (it releases the directory when closed; ``stop`` ends the run when saving
-        fails too often); ``stream``: what that type also takes (the audio one: ``source``, ``hop``)."""
-        self._checkpointer = self.checkpointer_type(
-            self.store, learner, totals=self.totals, every_windows=every_windows, every_seconds=every_seconds,
-            stop=stop, **stream,
+    ) -> Checkpointer:
+        """The checkpointer of this run, saving into this directory with this run's totals (it
+        releases the directory when closed; ``stop`` ends the run when saving fails too often)."""
+        self._checkpointer = Checkpointer(
+            self.store, learner, layout=self.layout, totals=self.totals, locate=locate, every_windows=every_windows,
+            every_seconds=every_seconds, stop=stop,
         )
         if self.checkpoint is not None:
             self._checkpointer.last_saved_at = _unix_seconds(self.checkpoint.entry.written_at)
         return self._checkpointer
 
     def summary_fields(self) -> dict[str, Any]:
-        """For the listen summary (each name after :attr:`summary_prefix`): ``resumed_from_step``,
+        """For the listen summary (each name after ``layout.summary_prefix``): ``resumed_from_step``,
         ``checkpoints_written``, ``checkpoints_failed`` (saves of this run that failed),
         ``windows_not_saved`` (windows this run learned that no checkpoint holds: lost; read it
         after :meth:`close`) and ``state_repaired`` (the parts of the resumed state that were reset
         because they were not finite)."""
         checkpointer = self._checkpointer
-        prefix = self.summary_prefix
+        prefix = self.layout.summary_prefix
         return {
             f"{prefix}resumed_from_step": self.resumed_from_step,
             f"{prefix}checkpoints_written": checkpointer.written if checkpointer is not None else 0,
