@@ -13,6 +13,19 @@ import pytest
 # spin-wait for each other run a step ten to forty times slower than one.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch intra-op thread for the test, whatever the caller chose for the suite: small tensors
+    run faster on one, results do not depend on the core count, and a busy machine does not stall it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 SYNTH_SPEAKERS = 6
 SYNTH_UTTERANCES = 6
 SYNTH_SEED = 0

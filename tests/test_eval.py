@@ -38,13 +38,7 @@ loss: {prediction_steps: 4, subwindow: 32}
 """
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small tensors: one thread is faster on a loaded machine, and results do not depend on the core count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -35,13 +35,7 @@ def small_config(**changes) -> LearnerConfig:
     return LearnerConfig(window=WINDOW, encoder=encoder, loss=LossConfig(prediction_steps=4, subwindow=32), **changes)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small tensors: one thread is faster on a loaded machine, and results do not depend on the core count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def labelled_window(start: int, speaker: str, phones: np.ndarray, seed: int = 0) -> AudioWindow:

@@ -28,13 +28,7 @@ requires_mini = pytest.mark.skipif(not AUDIO.is_dir(), reason=f"{AUDIO} is not t
 WINDOW = 20480
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small learners: one thread is faster, and far steadier on a machine whose cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("module", [streams.replay, online_gim.run.replay_schedule])

@@ -226,14 +226,6 @@ def _linear_probe(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_test
         return (linear(x_test).argmax(1) == y_test).float().mean().item()
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Small tensors: one thread is faster, and much faster on a loaded machine (no contention)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_linear_mfcc_probe_beats_chance_and_labels_sit_where_the_phones_are(synth_corpus_dir, one_torch_thread):
     """MFCC (13 + deltas + delta-deltas, 10 ms hop) linear probes on held-out utterances.
