@@ -29,7 +29,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     && .venv/bin/python -m pip install -q .
 
 # The default synthetic corpus (what `listen` generates on first use), made once here
-RUN .venv/bin/python -c "from streams.corpora.synth import default_corpus; print(default_corpus())"
+RUN .venv/bin/python -c "from online_gim.streams.corpora.synth import default_corpus; print(default_corpus())"
 
 # An unprivileged user; /data for state directories, summaries and features (mount a volume there)
 RUN useradd --create-home --uid 1000 online-gim && mkdir /data && chown online-gim /data

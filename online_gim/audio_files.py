@@ -1,7 +1,7 @@
 """Whole audio files for use from Python (a notebook, a script): decode, cut into windows, embed.
 
 Any file or URL FFmpeg opens is decoded by the stream's own file decoder
-(:class:`~streams.sources.file.FileSource`: resampled to 16 kHz mono float32), so a file gives
+(:class:`~online_gim.streams.sources.file.FileSource`: resampled to 16 kHz mono float32), so a file gives
 the learner the same samples as ``online-gim listen --source file``.
 
 Usage::
@@ -21,10 +21,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from streams.ring_buffer import iter_windows
-from streams.sources.file import FileSource
-from streams.window import AudioWindow
-from streams.windowing import DEFAULT_WINDOW
+from online_gim.streams.ring_buffer import iter_windows
+from online_gim.streams.sources.file import FileSource
+from online_gim.streams.window import AudioWindow
+from online_gim.streams.windowing import DEFAULT_WINDOW
 
 
 class Embedder(Protocol):

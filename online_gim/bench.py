@@ -37,8 +37,8 @@ from online_gim.config import EncoderConfig, LearnerConfig
 from online_gim.eprop import StopGradientGRU, bptt_gradients, eprop_gradients
 from online_gim.learner import OnlineLearner
 from online_gim.report import StepReport
-from streams.corpora.phone_like import phone_like_stream
-from streams.window import SAMPLE_RATE, AudioWindow
+from online_gim.streams.corpora.phone_like import phone_like_stream
+from online_gim.streams.window import SAMPLE_RATE, AudioWindow
 
 if TYPE_CHECKING:
     from online_gim.video.config import VideoLearnerConfig
@@ -62,7 +62,7 @@ allocations; one thread (the same for every case), which a busy machine does not
 
 def cached_synth_corpus() -> Path | None:
     """The default synthetic espeak-ng corpus if it is already in the cache (never generates it)."""
-    from streams.corpora.synth import MANIFEST, cache_root, default_corpus_name
+    from online_gim.streams.corpora.synth import MANIFEST, cache_root, default_corpus_name
 
     path = cache_root() / default_corpus_name()
     return path if (path / MANIFEST).is_file() else None
@@ -73,15 +73,15 @@ def speech_windows(count: int, window: int, *, corpus_dir: Path | None) -> list[
 
     From the synthetic espeak-ng corpus at ``corpus_dir`` (replayed in its seeded shuffled order,
     with phone and speaker labels), or, when ``corpus_dir`` is ``None``, from
-    :func:`~streams.corpora.phone_like.phone_like_stream` (no labels).
+    :func:`~online_gim.streams.corpora.phone_like.phone_like_stream` (no labels).
     """
     if corpus_dir is None:
         return [
             AudioWindow(samples, start_sample=i * window, source_id="bench")
             for i, samples in enumerate(phone_like_stream(count, window))
         ]
-    from streams.sources.synth import SynthSource
-    from streams.ring_buffer import iter_windows
+    from online_gim.streams.sources.synth import SynthSource
+    from online_gim.streams.ring_buffer import iter_windows
 
     with SynthSource(corpus_dir=corpus_dir, speed=None, loop=True) as source:
         return list(islice(iter_windows(source, window=window, hop=window, source_id="bench"), count))

@@ -22,7 +22,7 @@ from online_gim.objective import WindowPool
 from online_gim.probes import OnlineProbes
 from online_gim.report import ModuleReport, ProbeReadout
 from online_gim.stack_learner import StackLearner
-from streams.window import FRAME_SAMPLES, AudioWindow
+from online_gim.streams.window import FRAME_SAMPLES, AudioWindow
 
 
 @dataclass
@@ -49,7 +49,7 @@ class OnlineLearner(StackLearner[AudioWindow]):
     :class:`~online_gim.report.StepReport` (the :class:`~online_gim.run.contract.StreamLearner`
     contract; the step, its guard and the state tree are :class:`StackLearner`'s).
     ``step(window, replay=True)`` learns once more from a window of the past
-    (:mod:`streams.replay`): the weights update as on a new window, but nothing that describes the
+    (:mod:`online_gim.streams.replay`): the weights update as on a new window, but nothing that describes the
     live stream changes (running input and ``time``-norm statistics, negative memories, online
     probes, the GRU's state and traces, which the replayed window runs from zero as a segment of
     its own). No window can make the learner's state non-finite (:mod:`online_gim.finite`):
@@ -70,7 +70,7 @@ class OnlineLearner(StackLearner[AudioWindow]):
     Example:
         >>> import torch
         >>> from online_gim.config import LearnerConfig
-        >>> from streams.window import AudioWindow
+        >>> from online_gim.streams.window import AudioWindow
         >>> learner = OnlineLearner(LearnerConfig())
         >>> report = learner.step(AudioWindow(torch.randn(20480) * 0.1))
         >>> [tuple(e.shape) for e in report.embeddings]

@@ -29,7 +29,7 @@ Example:
     >>> import torch
     >>> from online_gim.adam import Adam
 from online_gim.config import EncoderConfig, ProbeConfig
-    >>> from streams.window import AudioWindow
+    >>> from online_gim.streams.window import AudioWindow
     >>> probes = OnlineProbes(ProbeConfig(), EncoderConfig())
     >>> window = AudioWindow(torch.zeros(20480), phones=np.zeros(128, dtype=np.int16))
     >>> readout = probes.update(window, [torch.rand(128, 512)] * 5 + [torch.rand(128, 256)]).readout
@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from online_gim.adam import Adam
 from online_gim.config import EncoderConfig, ProbeConfig
 from online_gim.report import ProbeReadout
-from streams.window import FRAME_SAMPLES, UNKNOWN_LABEL, AudioWindow
+from online_gim.streams.window import FRAME_SAMPLES, UNKNOWN_LABEL, AudioWindow
 
 _VARIANCE_FLOOR = 1e-6
 """Smallest per-channel variance used to standardise (a constant channel stays near 0)."""

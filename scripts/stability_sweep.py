@@ -32,9 +32,9 @@ from online_gim.evaluation.split import split_corpus
 from online_gim.evaluation.training import train_online
 from online_gim.learner import OnlineLearner
 from online_gim.report import StepReport
-from streams.corpora.librispeech import LibriSpeechCorpus
-from streams.corpora.synth import default_corpus
-from streams.window import AudioWindow
+from online_gim.streams.corpora.librispeech import LibriSpeechCorpus
+from online_gim.streams.corpora.synth import default_corpus
+from online_gim.streams.window import AudioWindow
 
 
 class _RecordingLearner(OnlineLearner):

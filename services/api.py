@@ -1,8 +1,8 @@
 """The HTTP API of the side service (FastAPI): the app, its guard, its dashboard page.
 
-:func:`build_app` makes the ASGI app for one :class:`~services.live.LiveBoard`: the endpoints are
-the routers of :mod:`services.routes` (health, the learner's state, what it does over time), behind
-the token and body-limit middleware (:mod:`services.request_guard`). Handlers read the board's
+:func:`build_app` makes the ASGI app for one :class:`~online_gim.services.live.LiveBoard`: the endpoints are
+the routers of :mod:`online_gim.services.routes` (health, the learner's state, what it does over time), behind
+the token and body-limit middleware (:mod:`online_gim.services.request_guard`). Handlers read the board's
 newest immutable snapshot and never wait on the learner; the only call into the learner is the
 FAISS neighbour search (``POST /v1/neighbors``), which runs in a worker thread. Invalid parameters
 are answered with 4xx and a sentence; no endpoint reads or writes a file named by a client (the
@@ -20,12 +20,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from services.event_stream import EventHub
-from services.live import LiveBoard
-from services.request_guard import RequestGuard
-from services.routes.health import health_routes
-from services.routes.learner import learner_routes
-from services.routes.watch import watch_routes
+from online_gim.services.event_stream import EventHub
+from online_gim.services.live import LiveBoard
+from online_gim.services.request_guard import RequestGuard
+from online_gim.services.routes.health import health_routes
+from online_gim.services.routes.learner import learner_routes
+from online_gim.services.routes.watch import watch_routes
 
 STATIC_DIR = Path(__file__).with_name("static")
 

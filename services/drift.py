@@ -1,7 +1,7 @@
 """Drift measures: pure functions on tensors (no state, no threads).
 
 The stateful side (reference windows, schedules, the background thread) is
-``services.drift_monitor``; this module only computes numbers.
+``online_gim.services.drift_monitor``; this module only computes numbers.
 
 Embedding drift
     :func:`mean_cosine_distance` compares the mean embeddings of two sets of frames and

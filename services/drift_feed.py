@@ -1,10 +1,10 @@
 """What the drift monitor gets from the learner's thread, and the reading it gives back.
 
-:class:`DriftFeed` is the side service's drift part (:class:`~services.live.LiveBoard` calls it
-after every step): it hands the drift monitor (:mod:`services.drift_monitor`, its own thread) the
+:class:`DriftFeed` is the side service's drift part (:class:`~online_gim.services.live.LiveBoard` calls it
+after every step): it hands the drift monitor (:mod:`online_gim.services.drift_monitor`, its own thread) the
 frames sampled from each module's output with the window's audio, and now and then a copy of the
 modules' weights (read through the learner's :class:`~online_gim.run.contract.LearnerView`), never
-waiting on it; it keeps the newest :class:`~services.drift_monitor.DriftReading` and exports it as
+waiting on it; it keeps the newest :class:`~online_gim.services.drift_monitor.DriftReading` and exports it as
 metrics.
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 
 from online_gim.run.contract import LearnerView
-from services.drift_monitor import DriftConfig, DriftMonitor, DriftReading
-from services.metrics import ServiceMetrics
-from streams.window import AudioWindow
+from online_gim.services.drift_monitor import DriftConfig, DriftMonitor, DriftReading
+from online_gim.services.metrics import ServiceMetrics
+from online_gim.streams.window import AudioWindow
 
 
 class DriftFeed:

@@ -3,7 +3,7 @@
 :class:`DriftMonitor` receives small samples from the learner's thread (a few frames of every
 module's output and the window's audio per processed window, and now and then a copy of the
 weights), queues them without blocking, and a background thread turns them into a
-:class:`DriftReading` with the pure functions of :mod:`services.drift`.
+:class:`DriftReading` with the pure functions of :mod:`online_gim.services.drift`.
 
 The reference
     A *reference window* is ``reference_seconds`` of stream time. While it is collected, a uniform
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from services import drift as dm
+from online_gim.services import drift as dm
 
 _STOP = object()
 

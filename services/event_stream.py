@@ -12,8 +12,8 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
-from services.live import LiveBoard
-from services.snapshot import BoardSnapshot
+from online_gim.services.live import LiveBoard
+from online_gim.services.snapshot import BoardSnapshot
 
 KEEPALIVE_SECONDS = 15.0
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from services.http import serve_in_thread
+    from online_gim.services.http import serve_in_thread
     handle = serve_in_thread(board, "127.0.0.1", 8000, token=None)   # port 0 = any free port
     print(handle.url)          # http://127.0.0.1:8000
     ...
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import uvicorn
 
-from services.api import build_app
-from services.event_stream import EventHub
-from services.live import LiveBoard
+from online_gim.services.api import build_app
+from online_gim.services.event_stream import EventHub
+from online_gim.services.live import LiveBoard
 
 TOKEN_ENV = "ONLINE_GIM_TOKEN"
 """Environment variable the CLI reads the token from when ``--token`` is not given."""

@@ -4,12 +4,12 @@ The session calls :meth:`LiveBoard.on_step` after every learner step, on the lea
 board hands the step to its parts, each with one job, and is cheap: it never waits on a reader or
 on the drift monitor.
 
-- the metrics (:class:`~services.metrics.ServiceMetrics`, the Prometheus export);
-- the snapshot and its history (:class:`~services.snapshot_builder.SnapshotBuilder`): one
-  immutable :class:`~services.snapshot.BoardSnapshot` per step, swapped in (readers need no lock);
-- the drift (:class:`~services.drift_feed.DriftFeed`): sampled frames and weight copies to the drift
+- the metrics (:class:`~online_gim.services.metrics.ServiceMetrics`, the Prometheus export);
+- the snapshot and its history (:class:`~online_gim.services.snapshot_builder.SnapshotBuilder`): one
+  immutable :class:`~online_gim.services.snapshot.BoardSnapshot` per step, swapped in (readers need no lock);
+- the drift (:class:`~online_gim.services.drift_feed.DriftFeed`): sampled frames and weight copies to the drift
   monitor's own thread, the newest reading back;
-- readiness (:class:`~services.readiness.Readiness`, ``/readyz``);
+- readiness (:class:`~online_gim.services.readiness.Readiness`, ``/readyz``);
 - the stream listeners (``/v1/stream``), called with every new snapshot.
 
 What the board reads besides the step report it reads through typed views: the learner's
@@ -23,14 +23,14 @@ Usage (what ``online-gim listen`` does)::
     board.attach_learner(learner)          # optional: probes, FAISS neighbours, weight drift
     board.attach_stream(session.stream)    # optional: stream counters and ring-buffer fill ratio
     board.attach_checkpointer(checkpointer)  # optional (--state): checkpoint metrics
-    service = serve_in_thread(board, "127.0.0.1", 8000, token=None)   # services.http
+    service = serve_in_thread(board, "127.0.0.1", 8000, token=None)   # online_gim.services.http
     session.add_observer(board)
     board.set_source_state(open=True)
     session.run()                          # closes the board at the end
     service.stop()
 
 A video learner beside the audio one (``--source av``) publishes through the
-:class:`~services.video_board.VideoBoard` that :meth:`LiveBoard.attach_video` returns (an observer
+:class:`~online_gim.services.video_board.VideoBoard` that :meth:`LiveBoard.attach_video` returns (an observer
 of the video session).
 """
 
@@ -44,15 +44,15 @@ from typing import Any, Protocol
 
 from online_gim.report import ProbeReadout, StepReport
 from online_gim.run.contract import LearnerView
-from services.drift_feed import DriftFeed
-from services.drift_monitor import DriftConfig, DriftReading
-from services.metrics import ServiceMetrics
-from services.readiness import Readiness
-from services.snapshot import BoardSnapshot, VideoSnapshot
-from services.snapshot_builder import SnapshotBuilder
-from services.video_board import VideoBoard
-from streams.counters import StreamCounters
-from streams.window import SAMPLE_RATE, AudioWindow
+from online_gim.services.drift_feed import DriftFeed
+from online_gim.services.drift_monitor import DriftConfig, DriftReading
+from online_gim.services.metrics import ServiceMetrics
+from online_gim.services.readiness import Readiness
+from online_gim.services.snapshot import BoardSnapshot, VideoSnapshot
+from online_gim.services.snapshot_builder import SnapshotBuilder
+from online_gim.services.video_board import VideoBoard
+from online_gim.streams.counters import StreamCounters
+from online_gim.streams.window import SAMPLE_RATE, AudioWindow
 
 log = logging.getLogger(__name__)
 

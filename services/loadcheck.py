@@ -8,7 +8,7 @@ the mean, from ``/metrics`` (growth of ``online_gim_update_duration_seconds_sum`
 audio seconds of the windows processed meanwhile), and the median over the windows of the
 interval, from ``/v1/history`` (robust to a few windows slowed by something else on the machine).
 
-    python -m services.loadcheck --seconds 60 --clients 50 [--warmup 20] [--repeats 1] [-- extra listen args]
+    python -m online_gim.services.loadcheck --seconds 60 --clients 50 [--warmup 20] [--repeats 1] [-- extra listen args]
 
 Prints one JSON object and exits 1 when the median real-time factor with clients differs from the
 one without by 10 % or more.
@@ -32,7 +32,7 @@ import time
 import httpx
 
 WINDOW_SECONDS = 20480 / 16000
-LISTEN = [sys.executable, "-c", "import sys; from services.cli import main; sys.exit(main())"]
+LISTEN = [sys.executable, "-c", "import sys; from online_gim.services.cli import main; sys.exit(main())"]
 """``online-gim`` with this interpreter (the argument after it is the sub-command)."""
 
 

@@ -3,7 +3,7 @@
 Names follow the Prometheus conventions: one ``online_gim_`` prefix, base units (seconds, ratios
 0..1, decibels, hertz), ``_total`` for counters, a bounded ``module`` label (the module index) and
 a bounded ``task`` label (``phone``/``speaker``). Values are set on the learner's thread by
-:class:`services.live.LiveBoard` (each ``set``/``inc`` takes only the value's own short lock) and
+:class:`online_gim.services.live.LiveBoard` (each ``set``/``inc`` takes only the value's own short lock) and
 rendered on the HTTP thread by :meth:`ServiceMetrics.render`.
 
 The full list, with help texts, is :data:`METRIC_HELP` (also in ``docs/service.md``).
@@ -24,7 +24,7 @@ from prometheus_client import (
 )
 
 from online_gim.report import ProbeReadout, StepReport
-from streams.counters import StreamCounters
+from online_gim.streams.counters import StreamCounters
 
 PREFIX = "online_gim_"
 
@@ -207,7 +207,7 @@ class ServiceMetrics:
 
     # -- drift monitor's thread -------------------------------------------------------------
 
-    def observe_drift(self, reading) -> None:  # services.drift_monitor.DriftReading
+    def observe_drift(self, reading) -> None:  # online_gim.services.drift_monitor.DriftReading
         for module, value in reading.embedding_cosine.items():
             _set(self.drift_cosine.labels(str(module)), value)
         for module, value in reading.embedding_mmd.items():

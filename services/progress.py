@@ -1,7 +1,7 @@
 """Progress of long work with an estimate of the time left, for people: a rich progress bar on a
 terminal, one plain line every few seconds otherwise (logs, CI, pipes).
 
-A :class:`ProgressReporter` is a :class:`~streams.progress.ProgressCallback`: hand it to the work
+A :class:`ProgressReporter` is a :class:`~online_gim.streams.progress.ProgressCallback`: hand it to the work
 (``synthesize_corpus(..., progress=reporter)``) or call :meth:`ProgressReporter.update` yourself.
 The time left comes from rich's own estimate (the rate of progress over the last 30 s), in both
 modes. Output goes to the console's stream (stderr by default), so that stdout stays for results.

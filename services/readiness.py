@@ -1,7 +1,7 @@
 """``/readyz``: the source is open and the learner steps.
 
 :class:`Readiness` is told when the source opens and closes and when the learner steps (by
-:class:`~services.live.LiveBoard`, on the learner's thread), and answers on any thread. Its clock
+:class:`~online_gim.services.live.LiveBoard`, on the learner's thread), and answers on any thread. Its clock
 is injectable: a test drives a stall with a clock of its own instead of waiting for one.
 """
 

@@ -1,6 +1,6 @@
 """The side service's ASGI middleware: the bearer token and the request body limit.
 
-:class:`RequestGuard` wraps the FastAPI app (:func:`services.api.build_app`): every path but
+:class:`RequestGuard` wraps the FastAPI app (:func:`online_gim.services.api.build_app`): every path but
 :data:`OPEN_PATHS` needs the token, and no request body larger than :data:`MAX_BODY_BYTES` is ever
 held, whatever its transfer encoding.
 """

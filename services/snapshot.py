@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from online_gim.report import ModuleReport, ProbeReadout
-from services.drift_monitor import DriftReading
-from streams.window import FRAME_SAMPLES, SAMPLE_RATE
+from online_gim.services.drift_monitor import DriftReading
+from online_gim.streams.window import FRAME_SAMPLES, SAMPLE_RATE
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
-"""The side service's view of the newest window: one :class:`~services.snapshot.BoardSnapshot` per
+"""The side service's view of the newest window: one :class:`~online_gim.services.snapshot.BoardSnapshot` per
 step, with the history of the last windows, the frames kept for the PCA scatter and the compact
 ``/v1/stream`` event.
 
-:class:`SnapshotBuilder` runs on the learner's thread (called by :class:`~services.live.LiveBoard`
+:class:`SnapshotBuilder` runs on the learner's thread (called by :class:`~online_gim.services.live.LiveBoard`
 after every step). It keeps what a snapshot shows across windows: each module's newest scored loss
 (schedules update some modules only), the embeddings of the newest window that was not skipped,
 the history points and the projection rings. It samples a few evenly spaced frames of every module
@@ -23,10 +23,10 @@ import torch
 
 from online_gim.jsonable import finite_or_none
 from online_gim.report import ModuleReport, ProbeReadout, StepReport
-from services.drift_monitor import DriftReading
-from services.snapshot import BoardSnapshot, ProjectionSample
-from streams.counters import StreamCounters
-from streams.window import UNKNOWN_LABEL, AudioWindow
+from online_gim.services.drift_monitor import DriftReading
+from online_gim.services.snapshot import BoardSnapshot, ProjectionSample
+from online_gim.streams.counters import StreamCounters
+from online_gim.streams.window import UNKNOWN_LABEL, AudioWindow
 
 
 class SnapshotBuilder:

@@ -1,7 +1,7 @@
 """The video learner's part of the side service (``listen --source av``): a step observer.
 
 :class:`VideoBoard` watches the video learner's session (on its thread): its newest window becomes a
-:class:`~services.snapshot.VideoSnapshot` (``/v1/embeddings/latest?stream=video``, the ``video``
+:class:`~online_gim.services.snapshot.VideoSnapshot` (``/v1/embeddings/latest?stream=video``, the ``video``
 part of ``/v1/status``) and its steps update the ``online_gim_video_*`` metrics. A failure here is
 logged, never passed on to the learner's loop.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 
 from online_gim.report import StepReport
-from services.metrics import ServiceMetrics
-from services.snapshot import VideoSnapshot
-from streams.video_window import VideoWindow
+from online_gim.services.metrics import ServiceMetrics
+from online_gim.services.snapshot import VideoSnapshot
+from online_gim.streams.video_window import VideoWindow
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """The unit a source delivers: a contiguous piece of a 16 kHz mono stream with its labels.
 
 A source yields :class:`AudioChunk` s of any length; the ring buffer
-(:mod:`streams.ring_buffer`) joins them into one continuous stream and cuts
-:class:`~streams.window.AudioWindow` s at any sample position. Labels are carried **per
+(:mod:`online_gim.streams.ring_buffer`) joins them into one continuous stream and cuts
+:class:`~online_gim.streams.window.AudioWindow` s at any sample position. Labels are carried **per
 sample**, so a window boundary can fall anywhere and its labels stay exact:
 
 - ``phones``: ``(n,)`` int16, the phone class of every sample (``UNKNOWN_LABEL`` = -1 where
@@ -13,7 +13,7 @@ sample**, so a window boundary can fall anywhere and its labels stay exact:
 - ``utterance_id`` / ``speaker_id``: what the chunk belongs to (``None`` when unknown), and
   ``offset``: the position of ``samples[0]`` inside that utterance or recording. A chunk that
   continues the previous one (same ``utterance_id`` and ``offset`` = previous ``offset`` +
-  previous length) extends the same :class:`~streams.window.UtteranceSpan`; anything else starts
+  previous length) extends the same :class:`~online_gim.streams.window.UtteranceSpan`; anything else starts
   a new span (so replaying the same utterance twice in a row gives two spans).
 
 ``samples`` are **numpy** float32 (sources decode to numpy; the window converts to torch once).
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streams.window import FRAME_SAMPLES, UNKNOWN_LABEL
+from online_gim.streams.window import FRAME_SAMPLES, UNKNOWN_LABEL
 
 PHONE_DTYPE = np.int16
 """dtype of per-sample and per-frame phone labels."""

@@ -1,13 +1,13 @@
 """A reader thread that pushes a pull source's chunks into the ring buffer, paced like a device.
 
-A :class:`Feeder` iterates an :class:`~streams.sources.base.AudioSource` in a daemon thread and
-pushes every chunk into a :class:`~streams.ring_buffer.RingBuffer`. With ``speed = s`` it delivers a
+A :class:`Feeder` iterates an :class:`~online_gim.streams.sources.base.AudioSource` in a daemon thread and
+pushes every chunk into a :class:`~online_gim.streams.ring_buffer.RingBuffer`. With ``speed = s`` it delivers a
 chunk only once ``s`` x real time has covered its last sample (as a recording device would); with
 ``speed = None`` as fast as the consumer takes it: then it waits for room in the buffer
 (backpressure), so a replay at maximum speed loses nothing. A paced feeder behaves like a live
 device and never waits for the consumer: a slow consumer loses the oldest audio (counted by the
 buffer). When the source ends the buffer is closed; when it raises,
-the buffer is closed with the error (the consumer gets :class:`~streams.ring_buffer.StreamError`).
+the buffer is closed with the error (the consumer gets :class:`~online_gim.streams.ring_buffer.StreamError`).
 The source's ``files_skipped`` is copied into the buffer's counters after every chunk.
 
 Usage::
@@ -23,9 +23,9 @@ from __future__ import annotations
 import threading
 import time
 
-from streams.ring_buffer import RingBuffer
-from streams.sources.base import AudioSource
-from streams.window import SAMPLE_RATE
+from online_gim.streams.ring_buffer import RingBuffer
+from online_gim.streams.sources.base import AudioSource
+from online_gim.streams.window import SAMPLE_RATE
 
 _UNSET = object()
 

@@ -2,7 +2,7 @@
 
 ``streams`` and ``online_gim`` take a :class:`ProgressCallback` where work runs long (synthesising a
 corpus, training and probing an evaluation) and call it as parts finish; the command line passes a
-:class:`services.progress.ProgressReporter`, which draws it (a rich progress bar on a terminal, a
+:class:`online_gim.services.progress.ProgressReporter`, which draws it (a rich progress bar on a terminal, a
 plain line every few seconds otherwise) with an estimate of the time left.
 """
 

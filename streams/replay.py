@@ -37,8 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from streams.replay_config import ReplayConfig
-from streams.window import SAMPLE_RATE, AudioWindow, UtteranceSpan
+from online_gim.streams.replay_config import ReplayConfig
+from online_gim.streams.window import SAMPLE_RATE, AudioWindow, UtteranceSpan
 
 _INT16_SCALE = 32767.0
 

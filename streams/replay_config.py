@@ -1,4 +1,4 @@
-"""What to replay and how much: :class:`ReplayConfig` (no torch; the store is :mod:`streams.replay`)."""
+"""What to replay and how much: :class:`ReplayConfig` (no torch; the store is :mod:`online_gim.streams.replay`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 ReplayPolicy = Literal["recent", "uniform", "reservoir"]
-"""How replayed windows are drawn (:mod:`streams.replay`)."""
+"""How replayed windows are drawn (:mod:`online_gim.streams.replay`)."""
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class ReplayConfig:
             every other window); 0 turns replay off.
         minutes: minutes of audio the store holds (its capacity in windows is
             ``minutes * 60 * 16000 // window``, at least 1).
-        policy: ``recent``, ``uniform`` or ``reservoir`` (:mod:`streams.replay`).
+        policy: ``recent``, ``uniform`` or ``reservoir`` (:mod:`online_gim.streams.replay`).
     """
 
     ratio: float = 0.0

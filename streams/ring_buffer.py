@@ -1,11 +1,11 @@
 """A bounded, thread-safe ring buffer of audio and its labels, between a source and the learner.
 
-The producer (a device callback or a :class:`~streams.feeder.Feeder` thread) calls
-:meth:`RingBuffer.push` with :class:`~streams.chunk.AudioChunk` s and **never blocks** (beyond a
+The producer (a device callback or a :class:`~online_gim.streams.feeder.Feeder` thread) calls
+:meth:`RingBuffer.push` with :class:`~online_gim.streams.chunk.AudioChunk` s and **never blocks** (beyond a
 short lock): when the consumer falls behind, the oldest unread audio is overwritten and counted in
-the :class:`~streams.counters.StreamCounters` (``samples_dropped``, ``windows_dropped``), never
-silently. The consumer takes :class:`~streams.window.AudioWindow` s of ``window`` samples every
-``hop`` samples (:mod:`streams.windowing`) with :meth:`RingBuffer.read_window`, which blocks until a
+the :class:`~online_gim.streams.counters.StreamCounters` (``samples_dropped``, ``windows_dropped``), never
+silently. The consumer takes :class:`~online_gim.streams.window.AudioWindow` s of ``window`` samples every
+``hop`` samples (:mod:`online_gim.streams.windowing`) with :meth:`RingBuffer.read_window`, which blocks until a
 window is complete, the stream ends, or the timeout passes.
 
 Every sample is accounted for exactly::
@@ -49,10 +49,10 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from streams.chunk import PHONE_DTYPE, AudioChunk
-from streams.counters import StreamCounters
-from streams.window import SAMPLE_RATE, AudioWindow
-from streams.windowing import DEFAULT_HOP, DEFAULT_WINDOW, NO_PHONE_TRACK, WindowSchedule, WindowSpec, cut_window
+from online_gim.streams.chunk import PHONE_DTYPE, AudioChunk
+from online_gim.streams.counters import StreamCounters
+from online_gim.streams.window import SAMPLE_RATE, AudioWindow
+from online_gim.streams.windowing import DEFAULT_HOP, DEFAULT_WINDOW, NO_PHONE_TRACK, WindowSchedule, WindowSpec, cut_window
 
 DEFAULT_CAPACITY_WINDOWS = 8
 """Default capacity, in windows (8 x 1.28 s = 10.24 s of audio)."""
@@ -330,7 +330,7 @@ def iter_windows(
     """Cuts the windows of a chunk stream in the calling thread (no pacing, nothing dropped).
 
     The remainder shorter than a window is left out (it is ``counters``' ``samples_in`` minus what
-    the windows hold; see :class:`~streams.ring_buffer.RingBuffer.remainder_samples`).
+    the windows hold; see :class:`~online_gim.streams.ring_buffer.RingBuffer.remainder_samples`).
     """
     buffer = RingBuffer(window + hop, window=window, hop=hop, source_id=source_id, counters=counters)
     for chunk in chunks:

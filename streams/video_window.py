@@ -1,6 +1,6 @@
 """Windows of consecutive video frames: the unit the video learner learns from.
 
-A :class:`VideoWindower` turns a stream of :class:`~streams.sources.video.VideoFrame` s into
+A :class:`VideoWindower` turns a stream of :class:`~online_gim.streams.sources.video.VideoFrame` s into
 :class:`VideoWindow` s of ``window`` consecutive frames, a new one every ``hop`` frames, and at the
 end of the stream (:meth:`VideoWindower.flush`) one last window that covers the frames no window
 has covered yet, so that every frame is learned from. Frames are numbered by their **stream
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from streams.sources.video import VideoFrame
+from online_gim.streams.sources.video import VideoFrame
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Windows of ``window`` samples start every ``hop`` samples of the stream (window ``k`` covers stream
 samples ``[k * hop, k * hop + window)``; ``hop <= window``, so overlap is allowed and no sample
 falls between windows by design). :class:`WindowSchedule` is the pure bookkeeping behind the
-thread-safe :class:`~streams.ring_buffer.RingBuffer`: it knows the next window to emit and keeps an
+thread-safe :class:`~online_gim.streams.ring_buffer.RingBuffer`: it knows the next window to emit and keeps an
 exact account of every sample of the stream, which is always in exactly one of three states::
 
     samples_in == samples_windowed + samples_dropped + pending(write_position)
@@ -14,7 +14,7 @@ before the consumer read them, ``pending`` the samples not yet decided (at the e
 the remainder shorter than a window). With overlapping windows a window can be dropped while all
 its samples are in neighbouring windows: ``windows_dropped`` rises, ``samples_dropped`` does not.
 
-:func:`~streams.ring_buffer.iter_windows` cuts windows from an iterable of chunks without threads
+:func:`~online_gim.streams.ring_buffer.iter_windows` cuts windows from an iterable of chunks without threads
 (offline use, e.g. evaluation) through the same ring buffer, so that it gives the same windows as a
 live stream.
 """
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from streams.chunk import frame_labels_of
-from streams.window import UNKNOWN_LABEL, AudioWindow, UtteranceSpan
+from online_gim.streams.chunk import frame_labels_of
+from online_gim.streams.window import UNKNOWN_LABEL, AudioWindow, UtteranceSpan
 
 DEFAULT_WINDOW = 20480
 """Samples per window (1.28 s at 16 kHz, GIM's audio window)."""
@@ -149,7 +149,7 @@ def cut_window(
         samples: ``(window,)`` float32, copied into the window's tensor.
         phones: ``(window,)`` int16 per-sample phones; ``NO_PHONE_TRACK`` where the chunk had none.
             The window's ``phones`` are the labels at each 10 ms frame's centre sample
-            (:func:`streams.chunk.frame_labels_of`), ``None`` if no sample had a phone track.
+            (:func:`online_gim.streams.chunk.frame_labels_of`), ``None`` if no sample had a phone track.
         spans: ``(start, stop, utterance_id, speaker_id)`` in stream positions, in order; clipped
             to the window.
         start_sample: stream position of ``samples[0]``.

@@ -35,13 +35,13 @@ SYNTH_SEED = 0
 def synth_corpus(tmp_path_factory: pytest.TempPathFactory):
     """A small synthetic corpus (6 speakers x 6 utterances, seed 0), generated once per session.
 
-    Returns the ``streams.corpora.synth.SynthCorpus``; its ``root`` holds LibriSpeech's layout
+    Returns the ``online_gim.streams.corpora.synth.SynthCorpus``; its ``root`` holds LibriSpeech's layout
     (``<spk>/<chapter>/<spk>-<chapter>-<utt>.flac``, ``*.trans.txt``) and ``labels_dir`` (=
     ``root / "labels"``) the GIM/CPC label folder. Treat it as read-only (copy before writing).
     Skips when espeak-ng is not installed.
     """
-    from streams.corpora import espeak
-    from streams.corpora.synth import synthesize_corpus
+    from online_gim.streams.corpora import espeak
+    from online_gim.streams.corpora.synth import synthesize_corpus
 
     if not espeak.available():
         pytest.skip(f"espeak-ng is not installed ({espeak.INSTALL_HINT})")

@@ -34,7 +34,7 @@ def step_seconds() -> float:
     from conftest import SMALL_LEARNER_YAML
     from online_gim.config import LearnerConfig
     from online_gim.learner import OnlineLearner
-    from streams.window import AudioWindow
+    from online_gim.streams.window import AudioWindow
 
     learner = OnlineLearner(LearnerConfig.model_validate(yaml.safe_load(SMALL_LEARNER_YAML)))
     generator = torch.Generator().manual_seed(0)

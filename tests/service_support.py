@@ -13,11 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from online_gim.memory import MemoryHit
 from online_gim.report import ModuleReport, ProbeReadout, StepReport
-from services.drift_monitor import DriftConfig
-from services.http import ServiceHandle, serve_in_thread
-from services.live import LiveBoard
-from streams.counters import StreamCounters
-from streams.window import AudioWindow, UtteranceSpan
+from online_gim.services.drift_monitor import DriftConfig
+from online_gim.services.http import ServiceHandle, serve_in_thread
+from online_gim.services.live import LiveBoard
+from online_gim.streams.counters import StreamCounters
+from online_gim.streams.window import AudioWindow, UtteranceSpan
 
 SHAPES = ((4095, 512), (1023, 512), (512, 512), (257, 512), (128, 512), (128, 256))
 """(frames, channels) of each module's output on a 20480-sample window (GIM audio stack + GRU)."""

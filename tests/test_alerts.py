@@ -18,7 +18,7 @@ from deploy_support import (
     dashboard_queries,
     require_tool,
 )
-from services.metrics import METRIC_HELP
+from online_gim.services.metrics import METRIC_HELP
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:

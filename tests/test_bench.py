@@ -18,7 +18,7 @@ from online_gim import bench
 from online_gim.config import ConvLayerConfig, EncoderConfig, LearnerConfig
 from online_gim.learner import OnlineLearner
 from online_gim.video.config import VideoLearnerConfig
-from services.cli import main
+from online_gim.services.cli import main
 
 SMALL = LearnerConfig.model_validate(
     dict(

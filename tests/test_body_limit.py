@@ -20,7 +20,7 @@ import pytest
 import soundfile
 
 from service_support import running_service
-from services.loadcheck import LISTEN, free_port, stop_listen, wait_ready
+from online_gim.services.loadcheck import LISTEN, free_port, stop_listen, wait_ready
 
 MIB = 1 << 20
 

@@ -32,8 +32,8 @@ from online_gim.state.store import (
     CheckpointStore,
     NoValidCheckpoint,
 )
-from services.cli import main
-from streams.window import AudioWindow, UtteranceSpan
+from online_gim.services.cli import main
+from online_gim.streams.window import AudioWindow, UtteranceSpan
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO = ROOT.parent / "shared" / "data" / "librispeech-mini" / "LibriSpeech"

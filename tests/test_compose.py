@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from deploy_support import ALERT_RULES, COMPOSE, DASHBOARD, DEPLOY, PROMETHEUS_CONFIG
-from services.cli import build_parser
-from services.http import TOKEN_ENV
+from online_gim.services.cli import build_parser
+from online_gim.services.http import TOKEN_ENV
 
 ROOT = DEPLOY.parent
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from services import drift as dm
-from services.drift_monitor import DriftConfig, DriftMonitor
+from online_gim.services import drift as dm
+from online_gim.services.drift_monitor import DriftConfig, DriftMonitor
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -183,7 +183,7 @@ def test_config_validation():
         DriftConfig(max_samples=1)
 
 
-@pytest.mark.parametrize("module", ["services.drift", "services.drift_monitor", "services.projection"])
+@pytest.mark.parametrize("module", ["online_gim.services.drift", "online_gim.services.drift_monitor", "online_gim.services.projection"])
 def test_docstring_examples(module):
     import doctest
     import importlib

@@ -18,8 +18,8 @@ from online_gim.evaluation.results import Accuracies, ClassAccuracy, EvaluationR
 from online_gim.evaluation.run import Evaluation, EvaluationSettings
 from online_gim.evaluation.scoring import class_accuracies, majority_accuracies
 from online_gim.evaluation.split import PER_SPEAKER, SPLIT_FILES, Segment, split_corpus
-from services.cli import main
-from streams.corpora.librispeech import LibriSpeechCorpus
+from online_gim.services.cli import main
+from online_gim.streams.corpora.librispeech import LibriSpeechCorpus
 
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech-mini"
 MINI_LABELS = MINI / "LibriSpeech100_labels_split"

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from streams.feeder import Feeder
-from streams.ring_buffer import RingBuffer, StreamError
-from streams.sources.file import AudioFileError, FileSource
-from streams.window import SAMPLE_RATE
+from online_gim.streams.feeder import Feeder
+from online_gim.streams.ring_buffer import RingBuffer, StreamError
+from online_gim.streams.sources.file import AudioFileError, FileSource
+from online_gim.streams.window import SAMPLE_RATE
 
 CLIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "video" / "big_buck_bunny_small.mp4"
 

@@ -25,9 +25,9 @@ from online_gim.learner import OnlineLearner
 from online_gim.report import StepReport
 from online_gim.video.config import VideoLearnerConfig
 from online_gim.video.learner import VideoLearner
-from streams.corpora.librispeech import load_audio
-from streams.video_window import VideoWindow
-from streams.window import AudioWindow
+from online_gim.streams.corpora.librispeech import load_audio
+from online_gim.streams.video_window import VideoWindow
+from online_gim.streams.window import AudioWindow
 from test_checkpoint import AUDIO
 
 WINDOW = 2560

@@ -1,6 +1,7 @@
 """The import graph of the source tree, read with ``ast`` (nothing is imported): the layers of
 docs/architecture.md hold, streams -> online_gim (the core) -> services, with no arrow upwards and
-no cycle between modules.
+no cycle between modules. Modules are named as they are imported: the folders ``streams/`` and
+``services/`` are the packages ``online_gim.streams`` and ``online_gim.services``.
 
 Every ``import`` statement counts, those inside functions and under ``TYPE_CHECKING`` too: a
 deferred import is still an arrow.
@@ -13,16 +14,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-LAYERS = ("streams", "online_gim", "services")
-"""The top-level packages, lowest first: a module may import its own layer and the layers below."""
+LAYERS = {"streams": "online_gim.streams", "online_gim": "online_gim", "services": "online_gim.services"}
+"""The layers, lowest first: top-level folder -> its package. A module may import its own layer and
+the layers below."""
+
+
+def layer(module: str) -> int:
+    """The rank of the layer of a dotted module name (the layer of its longest package prefix)."""
+    packages = list(LAYERS.values())
+    owner = max((p for p in packages if module == p or module.startswith(f"{p}.")), key=len)
+    return packages.index(owner)
 
 
 def modules(root: Path) -> dict[str, tuple[Path, bool]]:
     """Every module of the layers under ``root``: dotted name -> (file, whether it is a package's ``__init__``)."""
     found = {}
-    for top in LAYERS:
-        for path in (root / top).rglob("*.py"):
-            parts = path.relative_to(root).with_suffix("").parts
+    for folder, package in LAYERS.items():
+        for path in (root / folder).rglob("*.py"):
+            parts = (package, *path.relative_to(root / folder).with_suffix("").parts)
             is_package = parts[-1] == "__init__"
             found[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
     return found
@@ -64,9 +73,7 @@ def import_graph(root: Path) -> dict[str, set[str]]:
 
 def upward_arrows(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
     """The imports from a layer to a layer above it."""
-    rank = {top: i for i, top in enumerate(LAYERS)}
-    return sorted((a, b) for a, targets in graph.items() for b in targets
-                  if rank[b.split(".")[0]] > rank[a.split(".")[0]])
+    return sorted((a, b) for a, targets in graph.items() for b in targets if layer(b) > layer(a))
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -119,13 +126,25 @@ def test_no_import_cycle():
     assert cycles(import_graph(ROOT)) == []
 
 
+def test_imports_name_the_packages_not_the_folders():
+    """``import streams`` works only from the repository root (its folder on ``sys.path``), never installed."""
+    folders = {folder for folder, package in LAYERS.items() if folder != package}
+    found = []
+    for name, (path, is_package) in modules(ROOT).items():
+        package = name if is_package else name.rpartition(".")[0]
+        found += [(name, imported) for imported in imported_names(ast.parse(path.read_text()), package)
+                  if imported.split(".")[0] in folders]
+    assert found == []
+
+
 def test_the_checks_find_an_upward_arrow_and_a_cycle(tmp_path):
     files = {
         "streams/__init__.py": "",
         "streams/a.py": "from . import b\n",
-        "streams/b.py": "def f():\n    from streams.a import x\n",
+        "streams/b.py": "def f():\n    from online_gim.streams.a import x\n",
         "online_gim/__init__.py": "",
-        "online_gim/core.py": "import streams.a\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from services.api import y\n",
+        "online_gim/core.py": ("import online_gim.streams.a\nfrom typing import TYPE_CHECKING\n"
+                               "if TYPE_CHECKING:\n    from online_gim.services.api import y\n"),
         "services/__init__.py": "",
         "services/api.py": "from online_gim import core\n",
     }
@@ -133,6 +152,8 @@ def test_the_checks_find_an_upward_arrow_and_a_cycle(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     graph = import_graph(tmp_path)
-    assert graph["services.api"] == {"online_gim", "online_gim.core"}
-    assert upward_arrows(graph) == [("online_gim.core", "services.api")]
-    assert sorted(cycles(graph)) == [["online_gim.core", "services.api"], ["streams.a", "streams.b"]]
+    assert graph["online_gim.core"] == {"online_gim.streams.a", "online_gim.services.api"}
+    assert graph["online_gim.services.api"] == {"online_gim", "online_gim.core"}
+    assert upward_arrows(graph) == [("online_gim.core", "online_gim.services.api")]
+    assert sorted(cycles(graph)) == [["online_gim.core", "online_gim.services.api"],
+                                     ["online_gim.streams.a", "online_gim.streams.b"]]

@@ -26,23 +26,32 @@ from online_gim.config import preset_names
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT.parent / "shared" / "data" / "librispeech-mini"
-TOP_LEVEL = ("online_gim", "streams", "services")
-DATA_PACKAGES = {"online_gim.presets", "services.static"}
+FOLDERS = {"online_gim": "online_gim", "streams": "online_gim.streams", "services": "online_gim.services"}
+"""The top-level folders of code -> the package each is installed as (``pyproject.toml`` maps the last two)."""
+DATA_PACKAGES = {"online_gim.presets", "online_gim.services.static"}
 """Packages of data files: ``configs/`` (mapped in ``pyproject.toml``) and the dashboard's ``services/static/``."""
+OLD_NAMES = ("streams", "services")
+"""The folder names, which must not be importable once installed (generic names that other distributions use)."""
 
 
-def listed_packages() -> set[str]:
+def setuptools_table() -> dict:
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-    return set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
 
 
 def test_pyproject_lists_every_package_of_the_source_tree():
     found = {
-        ".".join(init.parent.relative_to(ROOT).parts)
-        for top in TOP_LEVEL
-        for init in (ROOT / top).rglob("__init__.py")
+        ".".join((package, *init.parent.relative_to(ROOT / folder).parts))
+        for folder, package in FOLDERS.items()
+        for init in (ROOT / folder).rglob("__init__.py")
     }
-    assert listed_packages() == found | DATA_PACKAGES
+    assert set(setuptools_table()["packages"]) == found | DATA_PACKAGES
+
+
+def test_pyproject_installs_every_folder_inside_online_gim():
+    mapped = {package: folder for folder, package in FOLDERS.items() if package != folder}
+    assert setuptools_table()["package-dir"] == {"online_gim.presets": "configs", **mapped}
+    assert {package.split(".")[0] for package in setuptools_table()["packages"]} == {"online_gim"}
 
 
 def test_presets_are_found_through_the_package():
@@ -75,7 +84,7 @@ def dependencies(tmp_path_factory) -> Path:
     """Links to every distribution installed in this venv except online-gim (and its editable hook)."""
     folder = tmp_path_factory.mktemp("dependencies")
     paths = sysconfig.get_paths()
-    own = ("online_gim", "__editable__", "streams", "services")
+    own = ("online_gim", "__editable__")
     for site in dict.fromkeys((paths["purelib"], paths["platlib"])):
         for entry in Path(site).iterdir():
             if not entry.name.startswith(own) and not entry.name.endswith(".pth") and not (folder / entry.name).exists():
@@ -98,9 +107,11 @@ def run(program: Path, *args: str, cwd: Path, timeout: float = 900) -> subproces
 
 
 def where_imported(python: Path, cwd: Path) -> dict:
-    code = ("import json, online_gim, streams, services; from online_gim.config import presets_dir, preset_names; "
-            "print(json.dumps({'online_gim': online_gim.__file__, 'streams': streams.__file__, "
-            "'services': services.__file__, 'presets': str(presets_dir()), 'names': preset_names()}))")
+    code = ("import importlib.util, json, online_gim, online_gim.streams, online_gim.services; "
+            "from online_gim.config import presets_dir, preset_names; "
+            "print(json.dumps({'online_gim': online_gim.__file__, 'streams': online_gim.streams.__file__, "
+            "'services': online_gim.services.__file__, 'presets': str(presets_dir()), 'names': preset_names(), "
+            f"'old_names': [name for name in {OLD_NAMES!r} if importlib.util.find_spec(name)]}}))")
     return json.loads(run(python, "-c", code, cwd=cwd).stdout)
 
 
@@ -108,6 +119,7 @@ def assert_installed_in(venv_dir: Path, where: dict) -> None:
     for name in ("online_gim", "streams", "services", "presets"):
         assert Path(where[name]).resolve().is_relative_to(venv_dir.resolve()), (name, where[name])
     assert where["names"] == preset_names()
+    assert where["old_names"] == []
 
 
 @pytest.mark.slow
@@ -134,8 +146,11 @@ def test_a_built_wheel_in_a_fresh_venv_listens_evaluates_and_benchmarks(tmp_path
     (wheel,) = (tmp_path / "dist").glob("online_gim-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"online_gim/presets/{name}.yaml" for name in preset_names()} <= names
-    assert "services/static/index.html" in names and "online_gim/audio_files.py" in names
-    assert not any(name.startswith(("configs/", "tests/", "deploy/")) for name in names)
+    assert {"online_gim/services/static/index.html", "online_gim/streams/ring_buffer.py",
+            "online_gim/services/cli/__init__.py", "online_gim/audio_files.py"} <= names
+    (dist_info,) = {name.split("/")[0] for name in names} - {"online_gim"}  # nothing else at the top
+    assert dist_info.endswith(".dist-info")
+    assert zipfile.ZipFile(wheel).read(f"{dist_info}/top_level.txt").decode().split() == ["online_gim"]
 
     venv_dir = tmp_path / "venv"
     python = fresh_venv(venv_dir, dependencies)

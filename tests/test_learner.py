@@ -9,8 +9,8 @@ import torch
 
 from online_gim.config import ConvLayerConfig, EncoderConfig, LearnerConfig, LossConfig, MemoryConfig
 from online_gim.learner import OnlineLearner
-from streams.corpora.phone_like import phone_like_stream
-from streams.window import AudioWindow
+from online_gim.streams.corpora.phone_like import phone_like_stream
+from online_gim.streams.window import AudioWindow
 
 SMALL_CONVS = tuple(
     ConvLayerConfig(channels=32, kernel=k, stride=s, padding=p) for k, s, p in ((10, 5, 2), (8, 4, 2), (4, 2, 2))

@@ -22,8 +22,8 @@ from online_gim.config import LearnerConfig, load_preset, preset_names
 from online_gim.learner import OnlineLearner
 from online_gim.run.contract import StreamLearner, StreamWindow
 from online_gim.video import VideoLearner, VideoLearnerConfig
-from streams.video_window import VideoWindow
-from streams.window import AudioWindow, UtteranceSpan
+from online_gim.streams.video_window import VideoWindow
+from online_gim.streams.window import AudioWindow, UtteranceSpan
 from test_checkpoint import assert_same_tree
 
 AUDIO_WINDOW = 10240

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import soundfile
 
-from streams.corpora.librispeech import LibriSpeechCorpus
-from streams.feeder import Feeder
-from streams.ring_buffer import RingBuffer
-from streams.ring_buffer import iter_windows
-from streams.sources.librispeech import LibriSpeechReplay, ReplayPosition
-from streams.sources.synth import SynthSource
-from streams.window import FRAME_SAMPLES, SAMPLE_RATE, UNKNOWN_LABEL
+from online_gim.streams.corpora.librispeech import LibriSpeechCorpus
+from online_gim.streams.feeder import Feeder
+from online_gim.streams.ring_buffer import RingBuffer
+from online_gim.streams.ring_buffer import iter_windows
+from online_gim.streams.sources.librispeech import LibriSpeechReplay, ReplayPosition
+from online_gim.streams.sources.synth import SynthSource
+from online_gim.streams.window import FRAME_SAMPLES, SAMPLE_RATE, UNKNOWN_LABEL
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "librispeech-mini"
 ROOT = DATA / "LibriSpeech"

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT.parent / "shared" / "data" / "librispeech-mini"
 AUDIO = MINI / "LibriSpeech"
 LABELS = MINI / "LibriSpeech100_labels_split"
-LISTEN = [sys.executable, "-c", "import sys; from services.cli import main; sys.exit(main())", "listen"]
+LISTEN = [sys.executable, "-c", "import sys; from online_gim.services.cli import main; sys.exit(main())", "listen"]
 WINDOW = 20480
 SUMMARY_KEYS = {
     "windows_processed", "samples_in", "samples_dropped", "windows_skipped_nonfinite", "files_skipped",
@@ -106,9 +106,9 @@ def test_a_run_with_an_end_shows_its_progress(small_config):
 
 
 def test_the_audio_to_process_is_the_least_known_end():
-    from services.cli.listen import audio_to_process
-    from services.cli.listen_options import RunOptions
-    from streams.sources.librispeech import LibriSpeechReplay
+    from online_gim.services.cli.listen import audio_to_process
+    from online_gim.services.cli.listen_options import RunOptions
+    from online_gim.streams.sources.librispeech import LibriSpeechReplay
 
     def total(source, duration=None, max_windows=None, hop=WINDOW):
         return audio_to_process(RunOptions(duration=duration, max_windows=max_windows), source, WINDOW, hop)
@@ -168,7 +168,7 @@ def test_observers_see_every_step_and_are_closed_once(small_config):
     from online_gim.learner import OnlineLearner
     from online_gim.run.audio import ListenSession
     from online_gim.run.contract import StepObserver
-    from streams.sources.librispeech import LibriSpeechReplay
+    from online_gim.streams.sources.librispeech import LibriSpeechReplay
 
     class Recorder:
         def __init__(self) -> None:
@@ -199,8 +199,8 @@ def calibrate(rounds: int = 6) -> tuple[float, float]:
 
     from online_gim.config import LearnerConfig
     from online_gim.learner import OnlineLearner
-    from streams.sources.librispeech import LibriSpeechReplay
-    from streams.ring_buffer import iter_windows
+    from online_gim.streams.sources.librispeech import LibriSpeechReplay
+    from online_gim.streams.ring_buffer import iter_windows
 
     learner = OnlineLearner(LearnerConfig())
     windows = iter_windows(LibriSpeechReplay(AUDIO, speed=None), window=WINDOW, hop=WINDOW)

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service_support import SHAPES, FakeLearner, FakeStream, make_board, metric_values, running_service
-from services.metrics import METRIC_HELP, ServiceMetrics
+from online_gim.services.metrics import METRIC_HELP, ServiceMetrics
 
 REQUIRED = [
     "online_gim_module_loss", "online_gim_module_loss_positive", "online_gim_module_loss_negative",

@@ -25,7 +25,7 @@ import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 VIRTMIC = ROOT.parent / "shared" / "tools" / "virtmic.sh"
-LISTEN = [sys.executable, "-c", "import sys; from services.cli import main; sys.exit(main())", "listen"]
+LISTEN = [sys.executable, "-c", "import sys; from online_gim.services.cli import main; sys.exit(main())", "listen"]
 TONES = (440.0, 2500.0)
 """The test signal: two tones, so that a wrong resampling ratio would move both peaks."""
 AMPLITUDES = (0.4, 0.2)
@@ -141,8 +141,8 @@ def test_listen_records_and_learns_the_signal_played_into_the_microphone(virtmic
 
 @pytest.mark.slow
 def test_lost_device_is_reported_and_reopened(virtmic, tone_file):
-    from streams.ring_buffer import RingBuffer
-    from streams.sources.mic import MicrophoneSource
+    from online_gim.streams.ring_buffer import RingBuffer
+    from online_gim.streams.sources.mic import MicrophoneSource
 
     buffer = RingBuffer(window=8000, hop=8000, source_id="mic")
 

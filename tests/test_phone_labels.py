@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import soundfile
 
-from services.cli import main
-from streams.corpora.librispeech import PHONES_FILE, LibriSpeechCorpus
-from streams.corpora.phone_labels import LabelFileError, read_phone_labels
-from streams.sources.librispeech import LibriSpeechReplay
-from streams.window import UNKNOWN_LABEL
+from online_gim.services.cli import main
+from online_gim.streams.corpora.librispeech import PHONES_FILE, LibriSpeechCorpus
+from online_gim.streams.corpora.phone_labels import LabelFileError, read_phone_labels
+from online_gim.streams.sources.librispeech import LibriSpeechReplay
+from online_gim.streams.window import UNKNOWN_LABEL
 
 SECONDS = 2.0
 FRAMES = int(SECONDS * 100)  # 10 ms label frames of each utterance

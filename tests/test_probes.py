@@ -13,10 +13,10 @@ from online_gim.config import ConvLayerConfig, EncoderConfig, LearnerConfig, Los
 from online_gim.learner import OnlineLearner
 from online_gim.probes import FrameGrid, OnlineProbes, frame_grids, to_label_frames
 from online_gim.state import codec
-from services.live import step_probes
-from streams.ring_buffer import iter_windows
-from streams.sources.librispeech import LibriSpeechReplay
-from streams.window import FRAME_SAMPLES, UNKNOWN_LABEL, AudioWindow, UtteranceSpan
+from online_gim.services.live import step_probes
+from online_gim.streams.ring_buffer import iter_windows
+from online_gim.streams.sources.librispeech import LibriSpeechReplay
+from online_gim.streams.window import FRAME_SAMPLES, UNKNOWN_LABEL, AudioWindow, UtteranceSpan
 
 WINDOW = 5120
 

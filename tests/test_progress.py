@@ -8,7 +8,7 @@ import io
 import pytest
 from rich.console import Console
 
-from services.progress import ProgressReporter
+from online_gim.services.progress import ProgressReporter
 
 
 class Clock:

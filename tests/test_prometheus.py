@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from deploy_support import ALERT_RULES, JOB, PROMETHEUS_CONFIG, alert_rules, dashboard_queries, require_tool
-from services.loadcheck import LISTEN, free_port, stop_listen
+from online_gim.services.loadcheck import LISTEN, free_port, stop_listen
 
 pytestmark = pytest.mark.slow
 

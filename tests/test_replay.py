@@ -12,16 +12,16 @@ import pytest
 import torch
 
 import online_gim.run.replay_schedule
-import streams.replay
+import online_gim.streams.replay
 from online_gim.config import LearnerConfig, load_config
 from online_gim.learner import OnlineLearner
 from online_gim.run.audio import ListenSession
 from online_gim.run.replay_schedule import ReplaySchedule
-from streams.replay import ReplayStore
-from streams.replay_config import ReplayConfig
-from streams.ring_buffer import iter_windows
-from streams.sources.librispeech import LibriSpeechReplay
-from streams.window import AudioWindow, UtteranceSpan
+from online_gim.streams.replay import ReplayStore
+from online_gim.streams.replay_config import ReplayConfig
+from online_gim.streams.ring_buffer import iter_windows
+from online_gim.streams.sources.librispeech import LibriSpeechReplay
+from online_gim.streams.window import AudioWindow, UtteranceSpan
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech-mini" / "LibriSpeech"
 requires_mini = pytest.mark.skipif(not AUDIO.is_dir(), reason=f"{AUDIO} is not there")
@@ -31,7 +31,7 @@ WINDOW = 20480
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.mark.parametrize("module", [streams.replay, online_gim.run.replay_schedule])
+@pytest.mark.parametrize("module", [online_gim.streams.replay, online_gim.run.replay_schedule])
 def test_docstring_examples(module):
     assert doctest.testmod(module).failed == 0
 

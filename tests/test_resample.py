@@ -1,11 +1,11 @@
-"""streams.resample: torchaudio's sinc resampler in plain torch."""
+"""online_gim.streams.resample: torchaudio's sinc resampler in plain torch."""
 
 import math
 
 import pytest
 import torch
 
-from streams.resample import Resampler, resample
+from online_gim.streams.resample import Resampler, resample
 
 CASES = [
     (44100, 16000, {}, {}),

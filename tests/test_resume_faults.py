@@ -44,7 +44,7 @@ class Listen:
         if write_delay is not None:
             env[WRITE_DELAY_ENV] = str(write_delay)
         command = [
-            sys.executable, "-c", "import sys; from services.cli import main; sys.exit(main())",
+            sys.executable, "-c", "import sys; from online_gim.services.cli import main; sys.exit(main())",
             "listen", "--source", "librispeech", "--root", str(AUDIO), "--speed", "max", "--no-http", "--quiet",
             "--config", str(config), "--state", str(state), "--checkpoint-every-windows", str(EVERY_WINDOWS),
         ]

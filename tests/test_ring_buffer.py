@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.chunk import AudioChunk
-from streams.feeder import Feeder
-from streams.ring_buffer import RingBuffer, StreamError
-from streams.sources.base import AudioSource
-from streams.window import UNKNOWN_LABEL
+from online_gim.streams.chunk import AudioChunk
+from online_gim.streams.feeder import Feeder
+from online_gim.streams.ring_buffer import RingBuffer, StreamError
+from online_gim.streams.sources.base import AudioSource
+from online_gim.streams.window import UNKNOWN_LABEL
 
 
 def ramp(start: int, stop: int) -> np.ndarray:

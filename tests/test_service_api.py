@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service_support import SHAPES, FakeStream, StoppedClock, make_board, running_service
-from services.http import ServiceConfigError, is_loopback, parse_host_port, serve_in_thread
+from online_gim.services.http import ServiceConfigError, is_loopback, parse_host_port, serve_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -374,8 +374,8 @@ def _schema(handle) -> dict:
 def test_listen_options_fail_early_with_one_sentence(monkeypatch):
     import argparse
 
-    from services.cli import CliError
-    from services.cli import service_options
+    from online_gim.services.cli import CliError
+    from online_gim.services.cli import service_options
 
     parser = argparse.ArgumentParser()
     service_options.add_arguments(parser)

@@ -13,8 +13,8 @@ import pytest
 
 from machine_speed import scaled
 from service_support import metric_values
-from services.loadcheck import LISTEN as ONLINE_GIM
-from services.loadcheck import free_port, stop_listen, wait_ready
+from online_gim.services.loadcheck import LISTEN as ONLINE_GIM
+from online_gim.services.loadcheck import free_port, stop_listen, wait_ready
 
 LISTEN = [*ONLINE_GIM, "listen"]
 

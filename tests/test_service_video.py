@@ -16,10 +16,10 @@ import torch
 from service_support import make_board, metric_values
 from online_gim.video import VideoLearner, VideoLearnerConfig
 from online_gim.video.scenes import render_scenes
-from services.http import serve_in_thread
-from services.loadcheck import LISTEN as ONLINE_GIM
-from services.loadcheck import free_port, stop_listen, wait_ready
-from streams.video_window import VideoWindow
+from online_gim.services.http import serve_in_thread
+from online_gim.services.loadcheck import LISTEN as ONLINE_GIM
+from online_gim.services.loadcheck import free_port, stop_listen, wait_ready
+from online_gim.streams.video_window import VideoWindow
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT.parent / "shared" / "data" / "video" / "big_buck_bunny_small.mp4"

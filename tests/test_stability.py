@@ -23,8 +23,8 @@ from online_gim.evaluation.split import split_corpus
 from online_gim.evaluation.training import train_online
 from online_gim.learner import OnlineLearner
 from online_gim.report import StepReport
-from streams.corpora.librispeech import LibriSpeechCorpus
-from streams.window import AudioWindow
+from online_gim.streams.corpora.librispeech import LibriSpeechCorpus
+from online_gim.streams.window import AudioWindow
 
 STREAM_SECONDS = 180.0
 """Audio streamed through the learner: 141 windows of 1.28 s."""

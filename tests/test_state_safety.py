@@ -27,8 +27,8 @@ from online_gim.learner import OnlineLearner
 from online_gim.run.state import MAX_CONSECUTIVE_FAILURES
 from online_gim.state import store as store_module
 from online_gim.state.store import MANIFEST, CheckpointError, CheckpointStore
-from services.cli import EXIT_NOT_SAVED, main
-from streams.window import AudioWindow
+from online_gim.services.cli import EXIT_NOT_SAVED, main
+from online_gim.streams.window import AudioWindow
 from test_checkpoint import FAULT_CONFIG, WINDOW
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from streams.corpora import espeak
-from streams.corpora.phones import ESPEAK_TO_PHONE, NUM_PHONES, PHONES, SILENCE, PhoneMapper
+from online_gim.streams.corpora import espeak
+from online_gim.streams.corpora.phones import ESPEAK_TO_PHONE, NUM_PHONES, PHONES, SILENCE, PhoneMapper
 
 requires_espeak = pytest.mark.skipif(not espeak.available(), reason=f"espeak-ng missing ({espeak.INSTALL_HINT})")
 
@@ -89,7 +89,7 @@ def test_every_english_phoneme_of_espeak_maps_without_fallback():
 
 @requires_espeak
 def test_whole_vocabulary_in_every_accent_maps_without_fallback():
-    from streams.corpora.synth import ACCENTS, WORDS
+    from online_gim.streams.corpora.synth import ACCENTS, WORDS
 
     mapper = PhoneMapper()
     text = ". ".join(" ".join(WORDS[i:i + 12]) for i in range(0, len(WORDS), 12)) + "."
@@ -272,7 +272,7 @@ def test_linear_mfcc_probe_beats_chance_and_labels_sit_where_the_phones_are(synt
 
 @requires_espeak
 def test_same_seed_gives_identical_bytes_other_seed_differs(tmp_path):
-    from streams.corpora.synth import synthesize_corpus
+    from online_gim.streams.corpora.synth import synthesize_corpus
 
     synthesize_corpus(tmp_path / "a", speakers=2, utterances_per_speaker=2, seed=5, workers=1)
     synthesize_corpus(tmp_path / "b", speakers=2, utterances_per_speaker=2, seed=5, workers=2)
@@ -286,7 +286,7 @@ def test_same_seed_gives_identical_bytes_other_seed_differs(tmp_path):
 
 @requires_espeak
 def test_speakers_are_distinct():
-    from streams.corpora.synth import make_speakers
+    from online_gim.streams.corpora.synth import make_speakers
 
     speakers = make_speakers(24, seed=0)
     assert len({s.speaker_id for s in speakers}) == 24
@@ -299,7 +299,7 @@ def test_speakers_are_distinct():
 
 @requires_espeak
 def test_default_corpus_is_generated_once_atomically(tmp_path, monkeypatch):
-    from streams.corpora import synth
+    from online_gim.streams.corpora import synth
 
     calls = []
 
@@ -326,7 +326,7 @@ def test_default_corpus_is_generated_once_atomically(tmp_path, monkeypatch):
 def test_cli_writes_a_corpus_and_refuses_a_non_empty_folder(tmp_path, capsys):
     if not espeak.available():
         pytest.skip(f"espeak-ng missing ({espeak.INSTALL_HINT})")
-    from services.cli import main
+    from online_gim.services.cli import main
 
     out = tmp_path / "corpus"
     assert main(["corpus", "synth", "--out", str(out), "--speakers", "2", "--utterances", "2", "--seed", "1"]) == 0
@@ -343,7 +343,7 @@ def test_cli_writes_a_corpus_and_refuses_a_non_empty_folder(tmp_path, capsys):
 
 def test_cli_says_how_to_install_espeak_when_missing(tmp_path, capsys, monkeypatch):
     """As if libespeak-ng.so.1 were absent: one sentence naming the packages, exit code 2."""
-    from services.cli import main
+    from online_gim.services.cli import main
 
     def missing():
         raise espeak.EspeakNotAvailable("the espeak-ng library (libespeak-ng.so.1) is not installed")
@@ -362,10 +362,10 @@ def test_cli_says_how_to_install_espeak_when_missing(tmp_path, capsys, monkeypat
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("streams.corpora.librispeech") is None, reason="streams.corpora.librispeech not written yet"
+    importlib.util.find_spec("online_gim.streams.corpora.librispeech") is None, reason="online_gim.streams.corpora.librispeech not written yet"
 )
 def test_librispeech_reader_reads_the_corpus_with_labels(synth_corpus, synth_corpus_dir):
-    from streams.corpora.librispeech import LibriSpeechCorpus
+    from online_gim.streams.corpora.librispeech import LibriSpeechCorpus
 
     labels_dir = synth_corpus_dir / "labels"
     corpus = LibriSpeechCorpus(synth_corpus_dir, labels=labels_dir)

@@ -28,15 +28,15 @@ from online_gim.video.bench import measure_video_fps_learn
 from online_gim.video.decorrelation import EncodingDecorrelation
 from online_gim.video.retrieval import nearest_neighbours, same_scene_retrieval, temporal_retrieval
 from online_gim.video.scenes import render_scenes, write_scene_video
-from streams.sources.av import AVSource
-from streams.sources.file import FileSource
-from streams.sources.video import VideoFileError, VideoFrame, VideoFrameSource
-from streams.video_window import VideoWindow, VideoWindower
+from online_gim.streams.sources.av import AVSource
+from online_gim.streams.sources.file import FileSource
+from online_gim.streams.sources.video import VideoFileError, VideoFrame, VideoFrameSource
+from online_gim.streams.video_window import VideoWindow, VideoWindower
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT.parent / "shared" / "data" / "video" / "big_buck_bunny_small.mp4"
 needs_clip = pytest.mark.skipif(not CLIP.is_file(), reason="../shared/data/video is missing")
-LISTEN = [sys.executable, "-c", "import sys; from services.cli import main; sys.exit(main())", "listen"]
+LISTEN = [sys.executable, "-c", "import sys; from online_gim.services.cli import main; sys.exit(main())", "listen"]
 SMALL_VIDEO_YAML = """
 height: 24
 width: 32

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from streams.sources.file import FileSource
-from streams.sources.video import VideoFileError, VideoFrame, VideoFrameSource
-from streams.window import SAMPLE_RATE
+from online_gim.streams.sources.file import FileSource
+from online_gim.streams.sources.video import VideoFileError, VideoFrame, VideoFrameSource
+from online_gim.streams.window import SAMPLE_RATE
 
 CLIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "video" / "big_buck_bunny_small.mp4"
 needs_clip = pytest.mark.skipif(not CLIP.is_file(), reason="../shared/data/video is missing")

@@ -16,15 +16,15 @@ from online_gim.run.video_state import VideoListenState, VideoListenTotals
 from online_gim.state.store import CheckpointError, CheckpointStore
 from online_gim.video import VideoLearner
 from online_gim.video.scenes import write_scene_video
-from streams.sources.video import VideoFrame
-from streams.video_window import VideoWindower
+from online_gim.streams.sources.video import VideoFrame
+from online_gim.streams.video_window import VideoWindower
 from conftest import SMALL_LEARNER_YAML
 from test_checkpoint import assert_same_tree
 from test_checkpoint import small_config as small_audio_config
 from test_checkpoint import windows as audio_windows
 from test_video_learner import CLIP, SMALL_VIDEO_YAML, listen, needs_clip, scene_stream, small_config
 
-CLI = [sys.executable, "-c", "import sys; from services.cli import main; sys.exit(main())"]
+CLI = [sys.executable, "-c", "import sys; from online_gim.services.cli import main; sys.exit(main())"]
 
 
 def test_windower_numbers_frames_from_its_origin():

@@ -7,16 +7,16 @@ import doctest
 import numpy as np
 import pytest
 
-import streams.chunk
-import streams.sources.base
-import streams.windowing
-from streams.chunk import AudioChunk, expand_frame_labels, frame_labels_of
-from streams.ring_buffer import iter_windows
-from streams.window import FRAME_SAMPLES, UNKNOWN_LABEL
-from streams.windowing import WindowSchedule, WindowSpec
+import online_gim.streams.chunk
+import online_gim.streams.sources.base
+import online_gim.streams.windowing
+from online_gim.streams.chunk import AudioChunk, expand_frame_labels, frame_labels_of
+from online_gim.streams.ring_buffer import iter_windows
+from online_gim.streams.window import FRAME_SAMPLES, UNKNOWN_LABEL
+from online_gim.streams.windowing import WindowSchedule, WindowSpec
 
 
-@pytest.mark.parametrize("module", [streams.chunk, streams.windowing, streams.sources.base])
+@pytest.mark.parametrize("module", [online_gim.streams.chunk, online_gim.streams.windowing, online_gim.streams.sources.base])
 def test_docstring_examples(module):
     assert doctest.testmod(module).failed == 0
 

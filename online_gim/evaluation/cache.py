@@ -6,7 +6,8 @@ for them again. A result is stored under the SHA-256 of a JSON key that holds: t
 kind, configuration), the settings that change a baseline (train minutes, seed, frame budget,
 probed modules), every segment of both splits and of the training stream (utterance id and stretch,
 file size and modification time), the label files' sizes and modification times, the source of the
-``online_gim`` and ``streams`` packages, and the torch version. Any change to any of them is a miss.
+``online_gim`` and ``online_gim.streams`` packages, and the torch version. Any change to any of
+them is a miss.
 
 Entries are JSON files (``<key>.json``) written atomically (a temporary file renamed into place);
 an unreadable entry is a miss. The folder is ``$ONLINE_GIM_CACHE/eval`` or
@@ -16,6 +17,7 @@ an unreadable entry is a miss. The folder is ``$ONLINE_GIM_CACHE/eval`` or
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -32,18 +34,19 @@ from online_gim.evaluation.split import Segment
 
 log = logging.getLogger(__name__)
 
-_PACKAGES = ("online_gim", "streams")
-"""Packages whose source is part of every key."""
+_PACKAGES = ("online_gim", "online_gim.streams")
+"""Packages whose source is part of every key: the ``.py`` files under their folders (``online_gim/``
+and ``streams/`` in the source tree; installed, the folder of ``online_gim`` holds the other)."""
 
 
 @cache
 def code_fingerprint() -> str:
     """SHA-256 of the source files of :data:`_PACKAGES` (paths and contents, in sorted order)."""
-    root = Path(__file__).resolve().parents[2]
     digest = hashlib.sha256()
     for package in _PACKAGES:
-        for path in sorted((root / package).rglob("*.py")):
-            digest.update(str(path.relative_to(root)).encode())
+        (folder,) = importlib.import_module(package).__path__
+        for path in sorted(Path(folder).rglob("*.py")):
+            digest.update(f"{package}/{path.relative_to(folder).as_posix()}".encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
 

@@ -4,8 +4,8 @@ An *encoder* here is any function from an utterance's ``(n,)`` float32 audio (16
 ``(n // 160, C_m)`` tensors, one per module, frame ``f`` describing samples ``[160 f, 160 f + 160)``:
 :func:`learner_encoder` (a frozen :class:`~online_gim.learner.OnlineLearner`, each module brought to
 the label rate by :func:`online_gim.probes.to_label_frames`) or :func:`mfcc_encoder`. Phone labels
-come from the corpus (aligned to the end of the audio, :func:`streams.chunk.expand_frame_labels`)
-and are read at each frame's centre sample (:func:`streams.chunk.frame_labels_of`).
+come from the corpus (aligned to the end of the audio, :func:`online_gim.streams.chunk.expand_frame_labels`)
+and are read at each frame's centre sample (:func:`online_gim.streams.chunk.frame_labels_of`).
 
 To bound memory and probe-fitting time, at most about ``max_frames`` frames per split are kept
 (a seeded random subset of frames, the same for every encoder: :func:`split_labels` chooses them
@@ -24,9 +24,9 @@ import torch
 from online_gim.evaluation.split import Segment
 from online_gim.learner import OnlineLearner
 from online_gim.probes import frame_grids, to_label_frames
-from streams.chunk import frame_labels_of
-from streams.progress import ProgressCallback
-from streams.window import FRAME_SAMPLES, SAMPLE_RATE
+from online_gim.streams.chunk import frame_labels_of
+from online_gim.streams.progress import ProgressCallback
+from online_gim.streams.window import FRAME_SAMPLES, SAMPLE_RATE
 
 Encoder = Callable[[np.ndarray], list[torch.Tensor]]
 """``(n,)`` float32 audio at 16 kHz -> per module ``(n // 160, C_m)`` float32 features."""

@@ -20,16 +20,16 @@ from online_gim.evaluation.scoring import class_accuracies, majority_accuracies,
 from online_gim.evaluation.split import CorpusSplit, Segment, split_corpus
 from online_gim.evaluation.training import TrainingRun, train_online
 from online_gim.learner import OnlineLearner
-from streams.corpora.librispeech import LibriSpeechCorpus
-from streams.progress import ProgressCallback
-from streams.replay_config import ReplayConfig
+from online_gim.streams.corpora.librispeech import LibriSpeechCorpus
+from online_gim.streams.progress import ProgressCallback
+from online_gim.streams.replay_config import ReplayConfig
 
 Log = Callable[[str], None]
 """Receives one line of results at a time."""
 
 StageProgress = Callable[[str, float, str], AbstractContextManager[ProgressCallback]]
 """Opens the progress display of one stage, ``(description, total, unit)``; the context manager
-gives the :class:`~streams.progress.ProgressCallback` the stage reports to, and closes the display."""
+gives the :class:`~online_gim.streams.progress.ProgressCallback` the stage reports to, and closes the display."""
 
 
 def no_progress(description: str, total: float, unit: str) -> AbstractContextManager[ProgressCallback]:

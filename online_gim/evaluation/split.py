@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streams.corpora.librispeech import LibriSpeechCorpus, Utterance
-from streams.window import SAMPLE_RATE
+from online_gim.streams.corpora.librispeech import LibriSpeechCorpus, Utterance
+from online_gim.streams.window import SAMPLE_RATE
 
 SPLIT_FILES = "split files"
 """``CorpusSplit.kind`` when the label folder's split files decided."""

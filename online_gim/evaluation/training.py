@@ -2,13 +2,13 @@
 
 The split's segments are replayed as one continuous stream (shuffled by the seed, a new order on
 every pass, looping until the budget is spent: the order of
-:class:`~streams.sources.librispeech.LibriSpeechReplay`) and cut into the learner's windows by
-:func:`streams.ring_buffer.iter_windows` (hop = window, nothing dropped), exactly the windows a live
+:class:`~online_gim.streams.sources.librispeech.LibriSpeechReplay`) and cut into the learner's windows by
+:func:`online_gim.streams.ring_buffer.iter_windows` (hop = window, nothing dropped), exactly the windows a live
 ``online-gim listen`` run at full speed would see. The stream carries audio and speakers only:
 learning is self-supervised, so no phone label is ever shown to the learner.
 
-With a :class:`~streams.replay_config.ReplayConfig` of ratio ``R``, every stream window is followed by
-``R`` updates on windows drawn from a :class:`~streams.replay.ReplayStore` of the stream so far
+With a :class:`~online_gim.streams.replay_config.ReplayConfig` of ratio ``R``, every stream window is followed by
+``R`` updates on windows drawn from a :class:`~online_gim.streams.replay.ReplayStore` of the stream so far
 (fractional ratios accumulate: 0.5 is one replay every other window), what ``listen --replay R``
 does when the learner has the time; the compute real-time factor (seconds of learning per second
 of stream, replays included) is measured, so that runs can be compared at equal real-time cost.
@@ -24,12 +24,12 @@ import numpy as np
 
 from online_gim.evaluation.split import Segment
 from online_gim.learner import OnlineLearner
-from streams.chunk import AudioChunk
-from streams.progress import ProgressCallback
-from streams.replay import ReplayStore
-from streams.replay_config import ReplayConfig
-from streams.ring_buffer import iter_windows
-from streams.window import SAMPLE_RATE
+from online_gim.streams.chunk import AudioChunk
+from online_gim.streams.progress import ProgressCallback
+from online_gim.streams.replay import ReplayStore
+from online_gim.streams.replay_config import ReplayConfig
+from online_gim.streams.ring_buffer import iter_windows
+from online_gim.streams.window import SAMPLE_RATE
 
 Checkpoint = Callable[[float], None]
 """Called with the seconds of audio streamed so far when a checkpoint is reached."""

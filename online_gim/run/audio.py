@@ -1,7 +1,7 @@
 """Audio streams in the session loop: source -> ring buffer -> windows, and the listen summary.
 
 :class:`AudioWindows` is the :class:`~online_gim.run.session.WindowStream` of an audio source: it
-feeds a :class:`~streams.ring_buffer.RingBuffer` from the source (a :class:`~streams.feeder.Feeder`
+feeds a :class:`~online_gim.streams.ring_buffer.RingBuffer` from the source (a :class:`~online_gim.streams.feeder.Feeder`
 thread for a pull source, the device callback for the microphone) and reads its windows.
 :class:`ListenSession` is the :class:`~online_gim.run.session.Session` of one audio source (its
 schedules: ``--schedule auto`` and ``--replay``) and makes the :class:`ListenSummary`, the
@@ -31,14 +31,14 @@ from online_gim.run.contract import StepObserver, StreamLearner
 from online_gim.run.replay_schedule import ReplaySchedule
 from online_gim.run.schedule import ModuleBudget
 from online_gim.run.session import Backlog, Replay, Session
-from streams.chunk import AudioChunk
-from streams.counters import StreamCounters
-from streams.feeder import Feeder
-from streams.replay import ReplayStore
-from streams.replay_config import ReplayConfig
-from streams.ring_buffer import RingBuffer, StreamError
-from streams.sources.base import AudioSource
-from streams.window import SAMPLE_RATE, AudioWindow
+from online_gim.streams.chunk import AudioChunk
+from online_gim.streams.counters import StreamCounters
+from online_gim.streams.feeder import Feeder
+from online_gim.streams.replay import ReplayStore
+from online_gim.streams.replay_config import ReplayConfig
+from online_gim.streams.ring_buffer import RingBuffer, StreamError
+from online_gim.streams.sources.base import AudioSource
+from online_gim.streams.window import SAMPLE_RATE, AudioWindow
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,8 @@ class AudioWindows:
     """The windows of an audio source, through a ring buffer (a :class:`~online_gim.run.session.WindowStream`).
 
     Parameters:
-        source: a pull :class:`~streams.sources.base.AudioSource` (driven by a
-            :class:`~streams.feeder.Feeder` at ``source.speed``; at ``None`` = max speed the feeder
+        source: a pull :class:`~online_gim.streams.sources.base.AudioSource` (driven by a
+            :class:`~online_gim.streams.feeder.Feeder` at ``source.speed``; at ``None`` = max speed the feeder
             waits for the learner, losing nothing) or a push source with ``start(buffer)`` (the
             microphone).
         window, hop: samples per window and between window starts.
@@ -206,7 +206,7 @@ class ListenSummary:
     over its last 10 updates (``None`` if it never updated). ``probe_*_accuracy``: the online
     probes' running prequential accuracies after the last window (``None`` without probes or
     before any labelled window). The other counts are :class:`~online_gim.run.session.RunTally`'s
-    and the stream's (:class:`~streams.counters.StreamCounters`).
+    and the stream's (:class:`~online_gim.streams.counters.StreamCounters`).
     """
 
     source: str

@@ -4,7 +4,7 @@ An audio checkpoint is the tree ``{"learner": learner.state_dict(), "stream": St
 "listen": ListenTotals}`` (:data:`AUDIO_LAYOUT`, the run state is :mod:`online_gim.run.state`'s):
 
 - ``stream``: the stream position of the next window's first sample (``next_sample``), and for a
-  replayed corpus (:class:`~streams.sources.librispeech.LibriSpeechReplay`, the synthetic stream)
+  replayed corpus (:class:`~online_gim.streams.sources.librispeech.LibriSpeechReplay`, the synthetic stream)
   the replay position of that sample (pass, utterance index, offset) with a fingerprint of the
   replay (utterance ids, order, seed) that it belongs to;
 - ``listen``: totals over every run that continued this state (windows learned from, utterances).
@@ -40,8 +40,8 @@ from typing import Any
 
 from online_gim.run.contract import StreamLearner
 from online_gim.run.state import Checkpointer, RunState, StateLayout
-from streams.sources.librispeech import LibriSpeechReplay, ReplayPosition
-from streams.window import SAMPLE_RATE, AudioWindow
+from online_gim.streams.sources.librispeech import LibriSpeechReplay, ReplayPosition
+from online_gim.streams.window import SAMPLE_RATE, AudioWindow
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The contract between a stream, a learner and whatever watches them: the run layer's protocols.
 
 A **window** (:class:`StreamWindow`) is a stretch of one stream: audio samples
-(:class:`~streams.window.AudioWindow`), video frames (:class:`~streams.video_window.VideoWindow`),
+(:class:`~online_gim.streams.window.AudioWindow`), video frames (:class:`~online_gim.streams.video_window.VideoWindow`),
 or, for a stage of a module pipeline, the activations of the modules below. Its position and
 length count the stream's **units** (samples, frames), ``rate`` of them per second.
 

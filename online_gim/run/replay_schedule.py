@@ -1,7 +1,7 @@
 """When the session loop may replay a window of the past: never at the cost of a live window.
 
 After every live window the loop (:mod:`online_gim.run.session`) asks :class:`ReplaySchedule` how
-many replayed updates (:mod:`streams.replay`) the learner may make now. Two limits apply, the smaller wins:
+many replayed updates (:mod:`online_gim.streams.replay`) the learner may make now. Two limits apply, the smaller wins:
 
 - **Credit.** Every live window earns ``ratio`` replays; the fraction of a replay left over carries
   to the next window (a ratio of 0.5 replays after every other window), whole replays left unspent

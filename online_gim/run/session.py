@@ -102,7 +102,7 @@ class WindowStream(Protocol[W]):
 
 
 class ReplayStore(Protocol[W]):
-    """Windows of the past to learn from again (:class:`streams.replay.ReplayStore` for audio)."""
+    """Windows of the past to learn from again (:class:`online_gim.streams.replay.ReplayStore` for audio)."""
 
     def add(self, window: W) -> None: ...
 

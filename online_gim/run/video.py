@@ -1,10 +1,10 @@
 """Video streams in the session loop: frames -> windows of consecutive frames, and the video summary.
 
 :class:`FrameWindows` is the :class:`~online_gim.run.session.WindowStream` of frames from any
-iterable (a :class:`~streams.sources.video.VideoFrameSource`, its passes repeated by
+iterable (a :class:`~online_gim.streams.sources.video.VideoFrameSource`, its passes repeated by
 :func:`repeat_passes` for ``--loop``, or the frame channel of an
-:class:`~streams.sources.av.AVSource` beside the audio learner), cut into windows by a
-:class:`~streams.video_window.VideoWindower`. At the end of the frames the last, partial window is
+:class:`~online_gim.streams.sources.av.AVSource` beside the audio learner), cut into windows by a
+:class:`~online_gim.streams.video_window.VideoWindower`. At the end of the frames the last, partial window is
 learned too, so every frame is. ``speed`` paces a file like a camera (frame ``n`` of the stream is
 not learned before ``n / (frame_rate * speed)`` seconds after the start); ``None`` learns as fast as
 the learner goes. A learner slower than the pace falls behind (frames are never dropped):
@@ -33,8 +33,8 @@ from typing import Any
 from online_gim.jsonable import json_numbers
 from online_gim.run.contract import StepObserver, StreamLearner
 from online_gim.run.session import Backlog, Session
-from streams.sources.video import VideoFrame, VideoFrameSource
-from streams.video_window import VideoWindow, VideoWindower
+from online_gim.streams.sources.video import VideoFrame, VideoFrameSource
+from online_gim.streams.video_window import VideoWindow, VideoWindower
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from online_gim.run.contract import StreamLearner
 from online_gim.run.state import Checkpointer, RunState, StateLayout
-from streams.video_window import VideoWindow
+from online_gim.streams.video_window import VideoWindow
 
 
 @dataclass

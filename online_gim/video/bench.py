@@ -5,8 +5,8 @@ from __future__ import annotations
 from online_gim.video.config import VideoLearnerConfig
 from online_gim.video.learner import VideoLearner
 from online_gim.video.scenes import render_scenes
-from streams.sources.video import VideoFrame
-from streams.video_window import VideoWindower
+from online_gim.streams.sources.video import VideoFrame
+from online_gim.streams.video_window import VideoWindower
 
 
 def measure_video_fps_learn(config: VideoLearnerConfig | None = None, *, windows: int = 10, warmup: int = 6) -> float:

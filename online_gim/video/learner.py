@@ -19,7 +19,7 @@ from online_gim.stack_learner import StackLearner
 from online_gim.video.config import VideoLearnerConfig
 from online_gim.video.conv import VideoConvModule
 from online_gim.video.decorrelation import EncodingDecorrelation
-from streams.video_window import VideoWindow
+from online_gim.streams.video_window import VideoWindow
 
 
 class VideoLearner(StackLearner[VideoWindow]):
@@ -56,7 +56,7 @@ class VideoLearner(StackLearner[VideoWindow]):
 
     Example:
         >>> import torch
-        >>> from streams.video_window import VideoWindow
+        >>> from online_gim.streams.video_window import VideoWindow
         >>> learner = VideoLearner(VideoLearnerConfig())
         >>> report = learner.step(VideoWindow(torch.rand(16, 1, 48, 64)))
         >>> [tuple(e.shape) for e in report.embeddings]

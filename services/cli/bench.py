@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from services.cli import CliError
+from online_gim.services.cli import CliError
 
 DEFAULT_WINDOWS = 10
 DEFAULT_LISTEN_WINDOWS = 60
@@ -102,7 +102,7 @@ def listen_rtf(root: Path, windows: int, config: Path | None, threads: int) -> f
 
     with tempfile.TemporaryDirectory() as folder:
         summary = Path(folder) / "summary.json"
-        command = [sys.executable, "-c", "import sys; from services.cli import main; sys.exit(main())", "listen",
+        command = [sys.executable, "-c", "import sys; from online_gim.services.cli import main; sys.exit(main())", "listen",
                    "--source", "librispeech", "--root", str(root), "--speed", "max", "--max-windows", str(windows),
                    "--no-http", "--quiet", "--summary-json", str(summary)]
         command += ["--config", str(config)] if config is not None else []

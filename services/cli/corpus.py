@@ -5,7 +5,7 @@ Example::
     online-gim corpus synth --out /tmp/synth --speakers 24 --utterances 20 --seed 0
 
 writes LibriSpeech's layout plus a GIM/CPC label folder (``<out>/labels``); see
-``streams.corpora.synth``. Read it back with ``online-gim listen --source librispeech --root <out>
+``online_gim.streams.corpora.synth``. Read it back with ``online-gim listen --source librispeech --root <out>
 --labels <out>/labels``.
 """
 
@@ -16,7 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
-from services.cli import CliError
+from online_gim.services.cli import CliError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,9 +60,9 @@ def run_synth(args: argparse.Namespace) -> int:
             raise CliError(f"{out} is not empty; choose another --out or pass --overwrite to replace it")
         shutil.rmtree(out)
 
-    from services.progress import ProgressReporter
-    from streams.corpora import espeak
-    from streams.corpora.synth import synthesize_corpus
+    from online_gim.services.progress import ProgressReporter
+    from online_gim.streams.corpora import espeak
+    from online_gim.streams.corpora.synth import synthesize_corpus
 
     try:
         with ProgressReporter("online-gim corpus synth: synthesising", unit="utterances") as progress:

@@ -20,8 +20,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from services.cli import CliError
-from streams.replay_config import ReplayConfig
+from online_gim.services.cli import CliError
+from online_gim.streams.replay_config import ReplayConfig
 
 LABEL_FOLDERS = ("labels", "LibriSpeech100_labels_split")
 """Label folders looked for inside ``--corpus`` when ``--labels`` is not given."""
@@ -93,7 +93,7 @@ def _labels_folder(args: argparse.Namespace) -> Path | None:
 
 def _stage_progress(description: str, total: float, unit: str):
     """A progress display of one stage of the evaluation (``StageProgress``)."""
-    from services.progress import ProgressReporter
+    from online_gim.services.progress import ProgressReporter
 
     return ProgressReporter(f"online-gim eval: {description}", total, unit=unit)
 
@@ -125,7 +125,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from online_gim.evaluation.methods import PRESETS_DIR, resolve_methods
     from online_gim.evaluation.plot import plot_report
     from online_gim.evaluation.run import Evaluation, EvaluationSettings, no_progress
-    from streams.corpora.librispeech import LibriSpeechCorpus
+    from online_gim.streams.corpora.librispeech import LibriSpeechCorpus
 
     presets = args.presets or PRESETS_DIR
     try:

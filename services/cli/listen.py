@@ -13,9 +13,9 @@ Examples::
     online-gim listen --list-devices
 
 This is where a run is wired together, the one place: the command line becomes typed options at
-its edge (:class:`~services.cli.listen_options.ListenOptions`), and from them this module builds the
-source (:mod:`services.cli.sources`), the learner, the session
-(:class:`~online_gim.run.audio.ListenSession`; the video branches: :mod:`services.cli.listen_video`)
+its edge (:class:`~online_gim.services.cli.listen_options.ListenOptions`), and from them this module builds the
+source (:mod:`online_gim.services.cli.sources`), the learner, the session
+(:class:`~online_gim.run.audio.ListenSession`; the video branches: :mod:`online_gim.services.cli.listen_video`)
 and its observers: the checkpointer (``--state``), the recorder (``--record``), the side service's
 board (``--http``) and a one-line live status (rich, on a terminal). It stops cleanly on Ctrl-C or
 SIGTERM (summary, exit 0) and writes the summary JSON.
@@ -33,10 +33,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.cli import CliError, listen_video, service_options, sources
-from services.cli import state as state_options
-from services.cli.listen_options import ListenOptions, RunOptions
-from streams.replay_config import ReplayConfig
+from online_gim.services.cli import CliError, listen_video, service_options, sources
+from online_gim.services.cli import state as state_options
+from online_gim.services.cli.listen_options import ListenOptions, RunOptions
+from online_gim.streams.replay_config import ReplayConfig
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -44,11 +44,11 @@ if TYPE_CHECKING:
     from online_gim.learner import OnlineLearner
     from online_gim.report import StepReport
     from online_gim.run.audio import AudioRecorder, ListenSession
-    from services.http import ServiceHandle
-    from services.live import LiveBoard
-    from services.progress import ProgressReporter
-    from streams.counters import StreamCounters
-    from streams.window import AudioWindow
+    from online_gim.services.http import ServiceHandle
+    from online_gim.services.live import LiveBoard
+    from online_gim.services.progress import ProgressReporter
+    from online_gim.streams.counters import StreamCounters
+    from online_gim.streams.window import AudioWindow
 
 SOURCES = ("synth", "librispeech", "file", "mic", "video", "av")
 SCHEDULES = ("auto", "all", "random", "round_robin")
@@ -122,7 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _list_devices() -> int:
-    from streams.sources.mic import MicrophoneUnavailable, input_devices
+    from online_gim.streams.sources.mic import MicrophoneUnavailable, input_devices
 
     try:
         devices = input_devices()
@@ -142,7 +142,7 @@ def _list_devices() -> int:
 
 class StatusLine:
     """A :class:`~online_gim.run.contract.StepObserver` that shows the run's progress through a
-    :class:`~services.progress.ProgressReporter` (seconds of audio processed), with a status: source
+    :class:`~online_gim.services.progress.ProgressReporter` (seconds of audio processed), with a status: source
     time, windows, drops, real-time factor, module updates and per-module loss. With the audio the
     run will process known (:func:`audio_to_process`), a bar and the time left on a terminal, a
     plain line every few seconds otherwise; without, the status alone."""
@@ -184,7 +184,7 @@ def audio_to_process(run: RunOptions, source: object, window: int, hop: int) -> 
     ``--duration``, ``--max-windows`` and what a one-pass replay or file holds (less the remainder
     shorter than a window); ``None`` for an endless stream (a microphone, a looping replay) without
     either option."""
-    from streams.sources.base import AudioSource
+    from online_gim.streams.sources.base import AudioSource
 
     def windows_span(windows: int) -> float:
         return (window + (windows - 1) * hop) / 16_000 if windows > 0 else 0.0
@@ -303,7 +303,7 @@ def _listen(options: ListenOptions, signals: _Signals, console: Console, interac
         if not run.quiet:
             total = audio_to_process(run, source, config.window, hop)
             if interactive or total is not None:  # off a terminal, lines only when there is an end to estimate
-                from services.progress import ProgressReporter
+                from online_gim.services.progress import ProgressReporter
 
                 reporter = ProgressReporter("online-gim listen", total, unit="s of audio", console=console)
                 session.add_observer(StatusLine(reporter, hop, session.counters))
@@ -318,7 +318,7 @@ def _listen(options: ListenOptions, signals: _Signals, console: Console, interac
     if video is not None:
         video.start()
     signals.session = video or session
-    from streams.sources.mic import MicrophoneUnavailable
+    from online_gim.streams.sources.mic import MicrophoneUnavailable
 
     try:
         summary = session.run()
@@ -363,7 +363,7 @@ def _recorder(path: Path) -> AudioRecorder:
 def _side_service(options: ListenOptions, session: ListenSession, learner: OnlineLearner) -> tuple[ServiceHandle, LiveBoard]:
     """Starts the HTTP service with a LiveBoard observing the session; returns the service's handle
     and the board."""
-    from services.live import LiveBoard
+    from online_gim.services.live import LiveBoard
 
     board = LiveBoard(
         source=session.summary.source, config=options.learner.model_dump(mode="json"),

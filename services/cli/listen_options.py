@@ -1,13 +1,13 @@
 """The options of ``online-gim listen``, typed: what the command line turns ``argparse`` into at its edge.
 
 :meth:`ListenOptions.from_args` checks every option that can be checked before anything slow is
-built (one-sentence :class:`~services.cli.CliError` s, in the order the options are given on the
+built (one-sentence :class:`~online_gim.services.cli.CliError` s, in the order the options are given on the
 help page) and returns the typed options the rest of the command works from: which source
 (:class:`SourceOptions`), the learner's configuration (a
 :class:`~online_gim.config.LearnerConfig`, with ``--window``, ``--seed`` and ``--schedule``
 applied), the video learner's (``--source video`` / ``av``), the run's limits and outputs
-(:class:`RunOptions`), the side service's (:class:`~services.cli.service_options.ServiceOptions`)
-and the durable state's (:class:`~services.cli.state.StateOptions`).
+(:class:`RunOptions`), the side service's (:class:`~online_gim.services.cli.service_options.ServiceOptions`)
+and the durable state's (:class:`~online_gim.services.cli.state.StateOptions`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from services.cli import CliError, service_options
-from services.cli import state as state_options
-from streams.replay_config import ReplayConfig
+from online_gim.services.cli import CliError, service_options
+from online_gim.services.cli import state as state_options
+from online_gim.streams.replay_config import ReplayConfig
 
 if TYPE_CHECKING:
     from online_gim.config import LearnerConfig
@@ -152,7 +152,7 @@ class ListenOptions:
 
 
 def _source_options(args: argparse.Namespace) -> SourceOptions:
-    from streams.sources.base import parse_speed
+    from online_gim.streams.sources.base import parse_speed
 
     try:
         speed = parse_speed(args.speed)

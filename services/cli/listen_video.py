@@ -4,7 +4,7 @@
 :class:`~online_gim.run.video.VideoListenSession` on the calling thread, ``--loop`` repeats the
 file, ``--speed`` paces it, ``--duration`` counts seconds of video and ``--max-windows`` video
 windows). ``--source av --path clip.mp4`` decodes the file once
-(:class:`~streams.sources.av.AVSource`): the audio learner runs the usual listen session on its
+(:class:`~online_gim.streams.sources.av.AVSource`): the audio learner runs the usual listen session on its
 audio track while the video learner learns its frames in a session on a thread of its own, each at
 its own window rate; the summary holds both (the video keys are those of
 :class:`~online_gim.run.video.VideoListenSummary`).
@@ -25,17 +25,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.cli import sources
-from services.cli import state as state_options
-from services.cli.listen_options import ListenOptions
+from online_gim.services.cli import sources
+from online_gim.services.cli import state as state_options
+from online_gim.services.cli.listen_options import ListenOptions
 
 if TYPE_CHECKING:
     from online_gim.run.audio import ListenSession
     from online_gim.run.state import RunState
     from online_gim.run.video import VideoListenSession
-    from services.live import LiveBoard
-    from streams.sources.av import AVSource
-    from streams.sources.video import VideoFrame
+    from online_gim.services.live import LiveBoard
+    from online_gim.streams.sources.av import AVSource
+    from online_gim.streams.sources.video import VideoFrame
 
 VIDEO_STATE = "video"
 """With ``--source av --state DIR``, the video learner's state directory is ``DIR/video``."""
@@ -132,9 +132,9 @@ class BesideAudio:
 
     Parameters:
         options: the listen options.
-        source: the :class:`~streams.sources.av.AVSource`.
+        source: the :class:`~online_gim.streams.sources.av.AVSource`.
         audio_session: the audio :class:`~online_gim.run.audio.ListenSession`.
-        board: the side service's :class:`~services.live.LiveBoard` (``None`` without it): the
+        board: the side service's :class:`~online_gim.services.live.LiveBoard` (``None`` without it): the
             video learner publishes every step there too.
     Raises:
         CliError: the video state directory cannot be used or holds another configuration.

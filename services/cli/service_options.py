@@ -2,7 +2,7 @@
 
 Usage in a command module::
 
-    from services.cli import service_options
+    from online_gim.services.cli import service_options
 
     def register(subparsers):
         parser = subparsers.add_parser("listen", ...)
@@ -27,11 +27,11 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from services.cli import CliError
+from online_gim.services.cli import CliError
 
 if TYPE_CHECKING:
-    from services.http import ServiceHandle
-    from services.live import LiveBoard
+    from online_gim.services.http import ServiceHandle
+    from online_gim.services.live import LiveBoard
 
 DEFAULT_ADDRESS = "127.0.0.1:8000"
 
@@ -68,7 +68,7 @@ def from_args(args: argparse.Namespace) -> ServiceOptions | None:
     """
     if args.no_http:
         return None
-    from services.http import TOKEN_ENV, ServiceConfigError, check_address, parse_host_port
+    from online_gim.services.http import TOKEN_ENV, ServiceConfigError, check_address, parse_host_port
 
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
     try:
@@ -85,7 +85,7 @@ def start(options: ServiceOptions, board: LiveBoard) -> ServiceHandle:
     Raises:
         CliError: the port is in use (or the address cannot be served).
     """
-    from services.http import ServiceConfigError, serve_in_thread
+    from online_gim.services.http import ServiceConfigError, serve_in_thread
 
     try:
         return serve_in_thread(board, options.host, options.port, options.token)

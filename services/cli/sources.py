@@ -1,7 +1,7 @@
 """The sources ``online-gim listen`` learns from, built from its typed :class:`SourceOptions`.
 
 Each function opens what the options name and turns what can go wrong there (a missing file, an
-unreadable corpus, no microphone) into a one-sentence :class:`~services.cli.CliError`.
+unreadable corpus, no microphone) into a one-sentence :class:`~online_gim.services.cli.CliError`.
 """
 
 from __future__ import annotations
@@ -9,16 +9,16 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from services.cli import CliError
-from services.cli.listen_options import SourceOptions
+from online_gim.services.cli import CliError
+from online_gim.services.cli.listen_options import SourceOptions
 
 if TYPE_CHECKING:
     from online_gim.video.config import VideoLearnerConfig
-    from streams.sources.av import AVSource
-    from streams.sources.base import AudioSource
-    from streams.sources.librispeech import ReplayPosition
-    from streams.sources.mic import MicrophoneSource
-    from streams.sources.video import VideoFrameSource
+    from online_gim.streams.sources.av import AVSource
+    from online_gim.streams.sources.base import AudioSource
+    from online_gim.streams.sources.librispeech import ReplayPosition
+    from online_gim.streams.sources.mic import MicrophoneSource
+    from online_gim.streams.sources.video import VideoFrameSource
 
 
 def audio_source(
@@ -27,7 +27,7 @@ def audio_source(
     """The audio source the options ask for (not yet started); a replay starts at ``start`` (when
     resuming); ``--source av`` decodes its frames at ``video``'s size."""
     if options.kind == "mic":
-        from streams.sources.mic import MicrophoneSource, MicrophoneUnavailable
+        from online_gim.streams.sources.mic import MicrophoneSource, MicrophoneUnavailable
 
         mic = MicrophoneSource(options.device)
         try:
@@ -36,7 +36,7 @@ def audio_source(
             raise CliError(str(error)) from None
         return mic
     if options.kind == "file":
-        from streams.sources.file import AudioFileError, FileSource
+        from online_gim.streams.sources.file import AudioFileError, FileSource
 
         if not options.path:
             raise CliError("--source file needs --path FILE|URL")
@@ -47,7 +47,7 @@ def audio_source(
     if options.kind == "av":
         return av_source(options, video)
     if options.kind == "librispeech":
-        from streams.sources.librispeech import LibriSpeechReplay
+        from online_gim.streams.sources.librispeech import LibriSpeechReplay
 
         if not options.roots:
             raise CliError("--source librispeech needs --root DIR (a LibriSpeech tree)")
@@ -58,8 +58,8 @@ def audio_source(
             )
         except (OSError, ValueError) as error:
             raise CliError(str(error)) from None
-    from streams.corpora.espeak import EspeakError
-    from streams.sources.synth import SynthSource
+    from online_gim.streams.corpora.espeak import EspeakError
+    from online_gim.streams.sources.synth import SynthSource
 
     if len(options.roots) > 1:
         raise CliError("--source synth takes one --root (a synthetic corpus folder)")
@@ -74,8 +74,8 @@ def audio_source(
 
 def av_source(options: SourceOptions, video: VideoLearnerConfig) -> AVSource:
     """The one decoder of ``--source av``, its frames scaled to the video learner's size."""
-    from streams.sources.av import AVSource
-    from streams.sources.file import AudioFileError
+    from online_gim.streams.sources.av import AVSource
+    from online_gim.streams.sources.file import AudioFileError
 
     try:
         return AVSource(options.path, speed=options.speed, loop=options.loop, size=(video.height, video.width), gray=video.gray)
@@ -85,7 +85,7 @@ def av_source(options: SourceOptions, video: VideoLearnerConfig) -> AVSource:
 
 def video_source(options: SourceOptions, video: VideoLearnerConfig) -> VideoFrameSource:
     """The frames of ``--source video``: a file or URL, or a camera, at the video learner's size."""
-    from streams.sources.video import VideoFileError, VideoFrameSource
+    from online_gim.streams.sources.video import VideoFileError, VideoFrameSource
 
     size = (video.height, video.width)
     try:
@@ -111,6 +111,6 @@ def phone_names(options: SourceOptions) -> tuple[str, ...] | None:
     """Names of the phone classes when the source's labels come from the synthetic corpus."""
     if options.kind != "synth":
         return None
-    from streams.corpora.phones import PHONES
+    from online_gim.streams.corpora.phones import PHONES
 
     return tuple(PHONES)

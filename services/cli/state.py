@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from services.cli import CliError
+from online_gim.services.cli import CliError
 
 if TYPE_CHECKING:
     from online_gim.run.contract import StreamLearner
@@ -148,10 +148,10 @@ def restore(state: RunState, learner: StreamLearner) -> None:
 
 
 def not_saved(options: StateOptions | None, document: dict) -> int | None:
-    """The exit code :data:`~services.cli.EXIT_NOT_SAVED` when the listen summary ``document`` says
+    """The exit code :data:`~online_gim.services.cli.EXIT_NOT_SAVED` when the listen summary ``document`` says
     that learning of this run could not be saved (its checkpoints failed), after telling so on
     stderr; ``None`` otherwise."""
-    from services.cli import EXIT_NOT_SAVED
+    from online_gim.services.cli import EXIT_NOT_SAVED
 
     lost = {key: document[key] for key in ("windows_not_saved", "video_windows_not_saved") if document.get(key)}
     if not lost or options is None:

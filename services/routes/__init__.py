@@ -1,5 +1,5 @@
 """The side service's endpoints, one module per group, each a function that builds a FastAPI
-``APIRouter`` for one :class:`~services.live.LiveBoard` (:func:`services.api.build_app` includes them):
+``APIRouter`` for one :class:`~online_gim.services.live.LiveBoard` (:func:`online_gim.services.api.build_app` includes them):
 
 - :mod:`.health`: ``/healthz``, ``/readyz``;
 - :mod:`.learner`: ``/v1/status``, ``/v1/embeddings/latest``, ``/v1/probes/latest``, ``/v1/neighbors``;
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from fastapi import HTTPException
 
-from services.api_models import ErrorResponse
-from services.live import LiveBoard
-from services.snapshot import BoardSnapshot
+from online_gim.services.api_models import ErrorResponse
+from online_gim.services.live import LiveBoard
+from online_gim.services.snapshot import BoardSnapshot
 
 ERRORS = {404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
 """The documented error answers of an endpoint that can answer 404 or 422."""

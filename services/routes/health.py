@@ -7,8 +7,8 @@ import time
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from services.api_models import Health, Readiness
-from services.live import LiveBoard
+from online_gim.services.api_models import Health, Readiness
+from online_gim.services.live import LiveBoard
 
 
 def health_routes(board: LiveBoard) -> APIRouter:

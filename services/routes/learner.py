@@ -17,7 +17,7 @@ from fastapi.responses import Response
 
 from online_gim.jsonable import finite_or_none
 from online_gim.report import ModuleReport
-from services.api_models import (
+from online_gim.services.api_models import (
     MAX_EMBEDDING_FRAMES,
     Embeddings,
     ModuleStatus,
@@ -30,9 +30,9 @@ from services.api_models import (
     Status,
     VideoStatus,
 )
-from services.live import LiveBoard, memory_sizes
-from services.routes import ERRORS, module_index, require_snapshot
-from streams.window import FRAME_SAMPLES, SAMPLE_RATE, UNKNOWN_LABEL
+from online_gim.services.live import LiveBoard, memory_sizes
+from online_gim.services.routes import ERRORS, module_index, require_snapshot
+from online_gim.streams.window import FRAME_SAMPLES, SAMPLE_RATE, UNKNOWN_LABEL
 
 
 def learner_routes(board: LiveBoard) -> APIRouter:

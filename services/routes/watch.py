@@ -10,11 +10,11 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response, StreamingResponse
 
 from online_gim.jsonable import finite_or_none
-from services.api_models import Drift, ErrorResponse, History, Projection, ProjectionPoint
-from services.event_stream import EventHub
-from services.live import LiveBoard
-from services.projection import pca_2d
-from services.routes import ERRORS, module_index, require_snapshot
+from online_gim.services.api_models import Drift, ErrorResponse, History, Projection, ProjectionPoint
+from online_gim.services.event_stream import EventHub
+from online_gim.services.live import LiveBoard
+from online_gim.services.projection import pca_2d
+from online_gim.services.routes import ERRORS, module_index, require_snapshot
 
 
 def watch_routes(board: LiveBoard, hub: EventHub) -> APIRouter:

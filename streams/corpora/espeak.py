@@ -36,7 +36,7 @@ API, and ``espeak_Terminate`` + ``espeak_Initialize`` hangs in synchronous mode)
 made twice in one process gives slightly different samples and phoneme positions (measured:
 a few samples of timing, different waveforms). espeak-ng 1.51 also draws the noise of breathy
 voices from libc ``rand()``. ``IsolatedSynthesizer`` makes synthesis a pure function of its
-arguments: a worker process (``python -m streams.corpora.espeak --worker``, single-threaded,
+arguments: a worker process (``python -m online_gim.streams.corpora.espeak --worker``, single-threaded,
 library initialised but never used) forks a fresh child for every call, and the child seeds
 ``rand()`` with ``srand(seed)`` and synthesises from the pristine state. Forking a small process
 costs about a millisecond; same arguments -> byte-identical samples, in any order, in any process.
@@ -460,7 +460,7 @@ class IsolatedSynthesizer:
         env["OMP_NUM_THREADS"] = "1"
         self._lock = threading.Lock()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "streams.corpora.espeak", "--worker"],
+            [sys.executable, "-m", "online_gim.streams.corpora.espeak", "--worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -516,9 +516,9 @@ class IsolatedSynthesizer:
 if __name__ == "__main__":
     if sys.argv[1:] == ["--worker"]:
         # Serve from the importable module (not ``__main__``) so that results pickle by their
-        # real class path ``streams.corpora.espeak.Synthesis``.
-        from streams.corpora import espeak as _module
+        # real class path ``online_gim.streams.corpora.espeak.Synthesis``.
+        from online_gim.streams.corpora import espeak as _module
 
         sys.exit(_module._worker_main())
-    print("usage: python -m streams.corpora.espeak --worker  (internal: serves IsolatedSynthesizer)", file=sys.stderr)
+    print("usage: python -m online_gim.streams.corpora.espeak --worker  (internal: serves IsolatedSynthesizer)", file=sys.stderr)
     sys.exit(2)

@@ -6,14 +6,14 @@ file name. The optional label folder is GIM's ``LibriSpeech100_labels_split/``:
 
 - ``converted_aligned_phones.txt``: ``<utt-id> <label> <label> ...``, one phone class (0..40,
   0 = silence) per 10 ms frame, slightly shorter than the audio and aligned to its END (METHOD.md
-  section 7; :func:`streams.chunk.expand_frame_labels` does the alignment).
+  section 7; :func:`online_gim.streams.chunk.expand_frame_labels` does the alignment).
 - ``train_split.txt`` / ``test_split.txt`` (optional): one utterance id per line;
   :meth:`LibriSpeechCorpus.split` restricts the corpus to one of them.
 
 Label lines whose utterance has no audio are skipped with one warning that says how many;
 utterances without a label line keep ``phones = None`` (unknown) and still play. Malformed label
 lines are reported with their line number and skipped, and a file that is mostly malformed is
-refused (:mod:`streams.corpora.phone_labels`); labels whose length is far from their audio's are
+refused (:mod:`online_gim.streams.corpora.phone_labels`); labels whose length is far from their audio's are
 reported and ignored when the audio is decoded (:meth:`Utterance.phones_for`).
 
 Usage::
@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.chunk import expand_frame_labels
-from streams.corpora.phone_labels import PhoneLabels, length_problem, read_phone_labels
-from streams.window import SAMPLE_RATE
+from online_gim.streams.chunk import expand_frame_labels
+from online_gim.streams.corpora.phone_labels import PhoneLabels, length_problem, read_phone_labels
+from online_gim.streams.window import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class Utterance:
 def load_audio(path: str | Path) -> np.ndarray:
     """Decodes a whole (utterance-sized) file with soundfile to ``(n,)`` float32, 16 kHz mono.
 
-    Several channels are averaged; another sample rate is resampled (:mod:`streams.resample`,
+    Several channels are averaged; another sample rate is resampled (:mod:`online_gim.streams.resample`,
     band-limited sinc interpolation). Non-finite samples are passed through unchanged.
 
     Raises:
@@ -109,7 +109,7 @@ def load_audio(path: str | Path) -> np.ndarray:
     if rate != SAMPLE_RATE and audio.shape[0] > 0:
         import torch
 
-        from streams.resample import resample
+        from online_gim.streams.resample import resample
 
         audio = resample(torch.from_numpy(np.ascontiguousarray(audio)), rate, SAMPLE_RATE).numpy()
     return np.ascontiguousarray(audio, dtype=np.float32)

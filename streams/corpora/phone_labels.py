@@ -2,7 +2,7 @@
 
 Format: one line per utterance, ``<utt-id> <class> <class> ...``, one integer phone class in
 ``0..40`` (41 classes, 0 = silence) per 10 ms frame, aligned to the END of the audio and one or two
-frames shorter than it (:func:`streams.chunk.expand_frame_labels` does the alignment).
+frames shorter than it (:func:`online_gim.streams.chunk.expand_frame_labels` does the alignment).
 
 A malformed line (an id without labels, a label that is not an integer, a class outside
 ``0..classes - 1``, however large, an id already labelled on an earlier line) is reported once, as
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.chunk import PHONE_DTYPE
-from streams.window import FRAME_SAMPLES
+from online_gim.streams.chunk import PHONE_DTYPE
+from online_gim.streams.window import FRAME_SAMPLES
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A structured, speech-like test signal that needs no corpus: Markov "phones" of formant-like tones.
 
-Used where the synthetic espeak-ng corpus (:mod:`streams.corpora.synth`) is not at hand: in the
+Used where the synthetic espeak-ng corpus (:mod:`online_gim.streams.corpora.synth`) is not at hand: in the
 learner's tests and as the fall-back audio of ``online-gim bench``. Unlike white noise it has a
 predictable future at the time scales the learner's modules see (10-80 ms), so a learner's loss
 can fall on it.

@@ -22,13 +22,13 @@ How it is made (choices written down, as METHOD.md asks):
   over their ranges and dealt to speakers by a seeded permutation, so no two speakers share them.
   Each utterance jitters rate (+-4 %) and pitch (+-3) a little.
 * Audio: espeak-ng output (22050 Hz) -> float -> band-limited resampling to 16 kHz
-  (:mod:`streams.resample`, torchaudio's Kaiser-windowed sinc, width 16, rolloff 0.945) -> leading
+  (:mod:`online_gim.streams.resample`, torchaudio's Kaiser-windowed sinc, width 16, rolloff 0.945) -> leading
   and trailing silence of 0.15-0.45 s -> scaled to the speaker's speech RMS level -> Gaussian noise
   floor of the speaker's level (-66..-54 dBFS) -> 16-bit.
 * Labels: espeak-ng phoneme events give each phoneme's first sample; a phoneme lasts until the
   next one starts. As in CPC's real labels the list is one or two frames (seeded) shorter than
   ``floor(samples / 160)``, and it is aligned to the END of the audio, the convention of METHOD.md
-  section 7 and of this project's readers (``streams.chunk.expand_frame_labels``): of ``L``
+  section 7 and of this project's readers (``online_gim.streams.chunk.expand_frame_labels``): of ``L``
   labels for ``N`` samples, label ``i`` covers samples ``N - (L - i) * 160 .. N - (L - 1 - i) *
   160 - 1`` and holds the phoneme under that span's centre sample, mapped by
   ``phones.ESPEAK_TO_PHONE``; padding and pauses are silence (0). So the labels are exact to the
@@ -54,9 +54,9 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.corpora import espeak
-from streams.corpora.phones import NUM_PHONES, PHONES, SILENCE, PhoneMapper
-from streams.progress import ProgressCallback
+from online_gim.streams.corpora import espeak
+from online_gim.streams.corpora.phones import NUM_PHONES, PHONES, SILENCE, PhoneMapper
+from online_gim.streams.progress import ProgressCallback
 
 SAMPLE_RATE = 16_000
 FRAME_SAMPLES = 160
@@ -366,7 +366,7 @@ class _Plan:
 def _resampler():  # noqa: ANN202
     import torch
 
-    from streams.resample import resample as sinc_resample
+    from online_gim.streams.resample import resample as sinc_resample
 
     def resample(wave: np.ndarray, rate: int) -> np.ndarray:
         if rate == SAMPLE_RATE:
@@ -384,7 +384,7 @@ def frame_labels(
     """``num_labels`` phone classes, one per 10 ms frame, for a padded 16 kHz utterance.
 
     The frames are aligned to the END of the ``total`` samples, as every reader of CPC labels
-    in this project aligns them (``streams.chunk.expand_frame_labels``): label ``i`` covers samples
+    in this project aligns them (``online_gim.streams.chunk.expand_frame_labels``): label ``i`` covers samples
     ``total - (num_labels - i) * 160 .. total - (num_labels - 1 - i) * 160 - 1`` and takes the
     phoneme under its centre sample. ``phoneme_starts`` are native-rate sample indices (ascending)
     where each phoneme starts; the speech occupies 16 kHz samples ``lead .. lead + native_length *

@@ -1,4 +1,4 @@
-"""Audio and video sources: each a small class behind :class:`~streams.sources.base.AudioSource`.
+"""Audio and video sources: each a small class behind :class:`~online_gim.streams.sources.base.AudioSource`.
 
 - :class:`LibriSpeechReplay` (``librispeech.py``): a LibriSpeech tree as one continuous stream.
 - :class:`FileSource` (``file.py``): any audio file or URL PyAV opens, decoded in chunks.
@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import importlib
 
-from streams.sources.base import AudioSource, parse_speed
+from online_gim.streams.sources.base import AudioSource, parse_speed
 
 _LAZY = {
-    "LibriSpeechReplay": "streams.sources.librispeech",
-    "ReplayPosition": "streams.sources.librispeech",
-    "FileSource": "streams.sources.file",
-    "SynthSource": "streams.sources.synth",
-    "VideoFrameSource": "streams.sources.video",
-    "VideoFrame": "streams.sources.video",
+    "LibriSpeechReplay": "online_gim.streams.sources.librispeech",
+    "ReplayPosition": "online_gim.streams.sources.librispeech",
+    "FileSource": "online_gim.streams.sources.file",
+    "SynthSource": "online_gim.streams.sources.synth",
+    "VideoFrameSource": "online_gim.streams.sources.video",
+    "VideoFrame": "online_gim.streams.sources.video",
 }
 
 __all__ = ["AudioSource", "parse_speed", *_LAZY]

@@ -1,7 +1,7 @@
 """One decoder for a file with audio and video: audio chunks for the audio learner, frames for the video learner.
 
-:class:`AVSource` is a :class:`~streams.sources.file.FileSource` (the audio track as a 16 kHz mono
-stream, driven by a :class:`~streams.feeder.Feeder` like any audio source) whose demuxer also
+:class:`AVSource` is a :class:`~online_gim.streams.sources.file.FileSource` (the audio track as a 16 kHz mono
+stream, driven by a :class:`~online_gim.streams.feeder.Feeder` like any audio source) whose demuxer also
 decodes the video track, packet by packet in file order, and hands every frame to
 :attr:`AVSource.frames`, a bounded :class:`FrameChannel` that the video learner's thread
 iterates. The file is opened and decoded once per pass for both tracks.
@@ -28,10 +28,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from streams.chunk import AudioChunk
-from streams.sources.base import DEFAULT_CHUNK_SAMPLES
-from streams.sources.file import FileSource
-from streams.sources.video import VideoFileError, VideoFrame, to_video_frame
+from online_gim.streams.chunk import AudioChunk
+from online_gim.streams.sources.base import DEFAULT_CHUNK_SAMPLES
+from online_gim.streams.sources.file import FileSource
+from online_gim.streams.sources.video import VideoFileError, VideoFrame, to_video_frame
 
 _END = object()
 

@@ -1,8 +1,8 @@
 """The interface every audio source implements.
 
-An :class:`AudioSource` is an iterable of :class:`~streams.chunk.AudioChunk` s (16 kHz mono float32
+An :class:`AudioSource` is an iterable of :class:`~online_gim.streams.chunk.AudioChunk` s (16 kHz mono float32
 numpy, with labels where known) with a ``source_id`` and ``close()``. Pull sources (replay, files,
-synthetic) are driven by a :class:`~streams.feeder.Feeder` thread that pushes their chunks into the
+synthetic) are driven by a :class:`~online_gim.streams.feeder.Feeder` thread that pushes their chunks into the
 ring buffer, paced to ``speed`` x real time; push sources (the microphone) push from their device
 callback themselves.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
-from streams.chunk import AudioChunk
+from online_gim.streams.chunk import AudioChunk
 
 DEFAULT_CHUNK_SAMPLES = 4096
 """Samples per chunk that pull sources deliver (256 ms at 16 kHz)."""

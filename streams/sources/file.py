@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.chunk import AudioChunk
-from streams.sources.base import DEFAULT_CHUNK_SAMPLES, AudioSource
-from streams.window import SAMPLE_RATE
+from online_gim.streams.chunk import AudioChunk
+from online_gim.streams.sources.base import DEFAULT_CHUNK_SAMPLES, AudioSource
+from online_gim.streams.window import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 

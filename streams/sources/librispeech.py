@@ -1,10 +1,10 @@
 """Replays a LibriSpeech-layout corpus as ONE continuous 16 kHz stream.
 
 Utterances follow each other without gaps (windows cross utterance boundaries; the
-:class:`~streams.window.UtteranceSpan` s of a window say who speaks where), in sorted order or
+:class:`~online_gim.streams.window.UtteranceSpan` s of a window say who speaks where), in sorted order or
 shuffled by a seed (a new, reproducible order on every pass when looping). Each utterance is decoded
 with soundfile when its turn comes (one utterance in memory at a time), downmixed to mono and
-resampled to 16 kHz (:mod:`streams.resample`) when needed. With a label folder every chunk carries per-sample
+resampled to 16 kHz (:mod:`online_gim.streams.resample`) when needed. With a label folder every chunk carries per-sample
 phones (``UNKNOWN_LABEL`` for utterances without labels); without one, ``phones`` is ``None``.
 
 Decisions:
@@ -45,10 +45,10 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.chunk import AudioChunk
-from streams.corpora.librispeech import LibriSpeechCorpus, Utterance, load_audio
-from streams.sources.base import DEFAULT_CHUNK_SAMPLES, AudioSource
-from streams.window import SAMPLE_RATE
+from online_gim.streams.chunk import AudioChunk
+from online_gim.streams.corpora.librispeech import LibriSpeechCorpus, Utterance, load_audio
+from online_gim.streams.sources.base import DEFAULT_CHUNK_SAMPLES, AudioSource
+from online_gim.streams.window import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,9 @@
 Unlike the pull sources, the microphone is a **push** source: PortAudio calls a callback on its own
 thread with every block of audio, and the callback downmixes it to mono, resamples it from the
 device's native rate to 16 kHz (:class:`StreamingResampler`, the sinc kernel of
-:mod:`streams.resample` applied block by block, so the result equals resampling the whole recording
+:mod:`online_gim.streams.resample` applied block by block, so the result equals resampling the whole recording
 at once) and pushes it into the
-:class:`~streams.ring_buffer.RingBuffer`, which never blocks (a slow learner loses the oldest audio,
+:class:`~online_gim.streams.ring_buffer.RingBuffer`, which never blocks (a slow learner loses the oldest audio,
 counted). Input overflows reported by the driver are counted in ``counters.overflows``.
 
 Device loss (the stream stops, errors out, or delivers nothing for ``stall_seconds``) is detected
@@ -35,9 +35,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from streams.chunk import AudioChunk
-from streams.counters import StreamCounters
-from streams.window import SAMPLE_RATE
+from online_gim.streams.chunk import AudioChunk
+from online_gim.streams.counters import StreamCounters
+from online_gim.streams.window import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class MicrophoneUnavailable(RuntimeError):
 
 
 class PushTarget(Protocol):
-    """Where the microphone pushes its audio (a :class:`~streams.ring_buffer.RingBuffer`)."""
+    """Where the microphone pushes its audio (a :class:`~online_gim.streams.ring_buffer.RingBuffer`)."""
 
     counters: StreamCounters
 
@@ -138,13 +138,13 @@ def no_device_message(device: str | int | None, devices: list[dict[str, Any]]) -
 class StreamingResampler:
     """Resamples a stream block by block, exactly as resampling it in one piece would.
 
-    The sinc resampler of :mod:`streams.resample` (torchaudio's numbers; ``lowpass_filter_width=6``,
+    The sinc resampler of :mod:`online_gim.streams.resample` (torchaudio's numbers; ``lowpass_filter_width=6``,
     ``rolloff=0.99``, Hann window) maps
     each group of ``o = orig / g`` input samples (``g = gcd(orig, new)``) to ``n = new / g`` output
     samples through a kernel that reaches ``width`` input samples to either side. This class keeps
     the input that later outputs still need and emits an output group as soon as its whole support
     has arrived, so the output lags the input by about ``width`` samples and, away from the very
-    first samples, equals :func:`streams.resample.resample` on the whole signal (to float rounding).
+    first samples, equals :func:`online_gim.streams.resample.resample` on the whole signal (to float rounding).
 
     Parameters:
         orig_rate: input sample rate in Hz.
@@ -152,7 +152,7 @@ class StreamingResampler:
 
     Examples:
         >>> import numpy as np, torch
-        >>> from streams.resample import resample
+        >>> from online_gim.streams.resample import resample
         >>> x = np.random.default_rng(0).standard_normal(44100).astype(np.float32)
         >>> r = StreamingResampler(44100)
         >>> y = np.concatenate([r.process(x[i:i + 1000]) for i in range(0, len(x), 1000)])
@@ -162,7 +162,7 @@ class StreamingResampler:
     """
 
     def __init__(self, orig_rate: int, new_rate: int = SAMPLE_RATE) -> None:
-        from streams.resample import Resampler
+        from online_gim.streams.resample import Resampler
 
         if orig_rate <= 0 or new_rate <= 0:
             raise ValueError(f"sample rates must be positive, got {orig_rate} -> {new_rate}")

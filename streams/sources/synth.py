@@ -1,8 +1,8 @@
 """The embedded default source: the synthetic espeak-ng speech corpus, replayed in an endless loop.
 
-The corpus comes from :func:`streams.corpora.synth.default_corpus` (generated once and cached; a
+The corpus comes from :func:`online_gim.streams.corpora.synth.default_corpus` (generated once and cached; a
 LibriSpeech-layout tree with its GIM-format label folder in ``<corpus>/labels/``) and is played by
-:class:`~streams.sources.librispeech.LibriSpeechReplay`: one continuous stream with per-sample phone
+:class:`~online_gim.streams.sources.librispeech.LibriSpeechReplay`: one continuous stream with per-sample phone
 labels and speaker spans, shuffled by ``seed`` (a new order on every pass), real time by default.
 
 Usage::
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streams.sources.base import DEFAULT_CHUNK_SAMPLES
-from streams.sources.librispeech import LibriSpeechReplay, ReplayPosition
+from online_gim.streams.sources.base import DEFAULT_CHUNK_SAMPLES
+from online_gim.streams.sources.librispeech import LibriSpeechReplay, ReplayPosition
 
 LABELS_SUBDIR = "labels"
 """Label folder of a synthetic corpus, relative to its root."""
@@ -47,7 +47,7 @@ class SynthSource(LibriSpeechReplay):
         source_id: str = "synth",
     ) -> None:
         if corpus_dir is None:
-            from streams.corpora.synth import default_corpus
+            from online_gim.streams.corpora.synth import default_corpus
 
             corpus_dir = default_corpus()
         corpus_dir = Path(corpus_dir)

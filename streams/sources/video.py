@@ -3,7 +3,7 @@
 Every decoded frame becomes a :class:`VideoFrame`: a ``(C, H, W)`` float32 tensor in [0, 1]
 (``C`` = 1 for gray, 3 for RGB), converted by FFmpeg's scaler to the requested size, its
 presentation time in seconds and its index. Frames are decoded one at a time. A file with both
-tracks can feed audio and video at once: open it with :class:`~streams.sources.file.FileSource`
+tracks can feed audio and video at once: open it with :class:`~online_gim.streams.sources.file.FileSource`
 too (each source opens the file on its own).
 
 Usage::
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streams.sources.file import AudioFileError, _is_url, _name_of
+from online_gim.streams.sources.file import AudioFileError, _is_url, _name_of
 
 
 class VideoFileError(AudioFileError):
