@@ -179,11 +179,14 @@ def test_replay_on_a_paced_stream_uses_idle_time_and_drops_no_live_audio(small_c
     """The stream is paced so that learning the live windows takes about a quarter of real time
     (measured first); 8 replays per window would take twice real time, so the schedule must fit
     replays into the idle time. Replay must drop no audio that the run without it keeps. Timing on a
-    shared machine is noisy (another process can stall us for a while), so a second attempt is allowed."""
+    shared machine is noisy: another process can stall us for a while (then replay may drop a window
+    the plain run kept), or slow every step after the measurement (then the schedule rightly finds
+    no time to replay at all). So the pace is measured again before each of up to three attempts,
+    and one attempt must replay and drop nothing more."""
     config = load_config(small_config)
     windows = 40
     attempts = []
-    for _ in range(2):
+    for _ in range(3):
         speed = WINDOW / 16_000 / (4 * step_seconds(config))
         summaries = {}
         for name, replay in (("plain", None), ("replay", ReplayConfig(ratio=8))):
@@ -194,10 +197,11 @@ def test_replay_on_a_paced_stream_uses_idle_time_and_drops_no_live_audio(small_c
             summaries[name] = session.run()
         plain, replayed = summaries["plain"], summaries["replay"]
         attempts.append((speed, plain.samples_dropped, replayed.samples_dropped, replayed.replayed_windows))
-        if replayed.samples_dropped <= plain.samples_dropped:
+        if replayed.samples_dropped <= plain.samples_dropped and replayed.replayed_windows > 0:
             break
     else:
-        pytest.fail(f"replay dropped audio that the plain run kept: {attempts}")
+        pytest.fail(f"no attempt replayed without dropping audio the plain run kept (speed, dropped without "
+                    f"replay, dropped with replay, replayed windows): {attempts}")
     assert replayed.windows_processed >= plain.windows_processed
-    assert 0 < replayed.replayed_windows < 8 * windows  # it replayed, and the time limit held it back
+    assert replayed.replayed_windows < 8 * windows  # the time limit held it back
     assert replayed.compute_rtf > plain.real_time_factor
