@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from online_gim.services.cli import CliError
-from online_gim.streams.replay_config import ReplayConfig
+from online_gim.services.cli.replay_options import add_replay_arguments, replay_config
 
 LABEL_FOLDERS = ("labels", "LibriSpeech100_labels_split")
 """Label folders looked for inside ``--corpus`` when ``--labels`` is not given."""
@@ -66,13 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(transfer: e.g. learn on LibriSpeech, probe on another corpus)")
     parser.add_argument("--probe-modules", choices=("all", "top"), default="all",
                         help="probe every module of a learner (default) or only its top module (faster)")
-    parser.add_argument("--replay", type=float, default=0.0, metavar="R",
-                        help="replayed updates per stream window of every trained learner, from a store of recent "
-                        "windows (listen --replay; default 0)")
-    parser.add_argument("--replay-minutes", type=float, default=ReplayConfig.minutes, metavar="M",
-                        help=f"minutes of audio the replay store holds (default {ReplayConfig.minutes:g})")
-    parser.add_argument("--replay-policy", choices=("recent", "uniform", "reservoir"), default=ReplayConfig.policy,
-                        help=f"how replayed windows are drawn (default {ReplayConfig.policy}; see docs/replay.md)")
+    add_replay_arguments(parser, "replayed updates per stream window of every trained learner, from a store of "
+                         "recent windows (listen --replay; default 0)")
     parser.add_argument("--no-cache", action="store_true",
                         help="compute the baselines (mfcc, random) even when the evaluation cache holds them")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -113,10 +108,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise CliError("--max-frames and --curve-points must be at least 1")
     if args.train_corpus is not None and not args.train_corpus.is_dir():
         raise CliError(f"--train-corpus {args.train_corpus} is not a folder")
-    try:
-        replay = ReplayConfig(ratio=args.replay, minutes=args.replay_minutes, policy=args.replay_policy)
-    except ValueError as error:
-        raise CliError(f"--replay: {error}") from None
+    replay = replay_config(args)
     _check_outputs(args.json, args.markdown, args.plot)
     labels = _labels_folder(args)
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from online_gim.services.cli import CliError, listen_video, service_options, sources
 from online_gim.services.cli import state as state_options
 from online_gim.services.cli.listen_options import ListenOptions, RunOptions
-from online_gim.streams.replay_config import ReplayConfig
+from online_gim.services.cli.replay_options import add_replay_arguments
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -97,13 +97,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     learn.add_argument("--buffer-seconds", type=float, default=None, metavar="S",
                        help="ring buffer size in seconds of audio (default: 8 windows)")
-    learn.add_argument("--replay", type=float, default=0.0, metavar="R",
-                       help="learn again from up to R stored windows of the recent past after each live window, "
-                       "only in time the stream leaves idle (always at --speed max); default 0 (docs/replay.md)")
-    learn.add_argument("--replay-minutes", type=float, default=ReplayConfig.minutes, metavar="M",
-                       help=f"minutes of recent audio kept for replay (default {ReplayConfig.minutes:g}; 1.9 MB per minute)")
-    learn.add_argument("--replay-policy", choices=("recent", "uniform", "reservoir"), default=ReplayConfig.policy,
-                       help=f"how replayed windows are drawn from the store (default {ReplayConfig.policy})")
+    add_replay_arguments(learn, "learn again from up to R stored windows of the recent past after each live "
+                         "window, only in time the stream leaves idle (always at --speed max); default 0 "
+                         "(docs/replay.md)")
 
     run = parser.add_argument_group("run")
     run.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds of source audio")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from online_gim.services.cli import CliError, service_options
 from online_gim.services.cli import state as state_options
+from online_gim.services.cli.replay_options import replay_config
 from online_gim.streams.replay_config import ReplayConfig
 
 if TYPE_CHECKING:
@@ -127,10 +128,7 @@ class ListenOptions:
         schedule, replay = "learner", ReplayConfig()
         if source.kind != "video":
             learner, schedule = _learner_config(args)
-            try:
-                replay = ReplayConfig(ratio=args.replay, minutes=args.replay_minutes, policy=args.replay_policy)
-            except ValueError as error:
-                raise CliError(f"--replay: {error}") from None
+            replay = replay_config(args)
             if args.hop is not None and not 0 < args.hop <= learner.window:
                 raise CliError(f"--hop must be between 1 and the window ({learner.window})")
             hop = args.hop
