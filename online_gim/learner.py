@@ -22,6 +22,7 @@ from online_gim.objective import WindowPool
 from online_gim.probes import OnlineProbes
 from online_gim.report import ModuleReport, ProbeReadout
 from online_gim.stack_learner import StackLearner
+from online_gim.stage_window import ActivationWindow
 from online_gim.streams.window import FRAME_SAMPLES, AudioWindow
 
 
@@ -29,12 +30,12 @@ from online_gim.streams.window import FRAME_SAMPLES, AudioWindow
 class _WindowContext:
     """What every stage needs to know about the window being learned."""
 
-    window: AudioWindow
+    window: AudioWindow | ActivationWindow
     speakers: list[str | None]
     replay: bool = False
 
 
-class OnlineLearner(StackLearner[AudioWindow]):
+class OnlineLearner(StackLearner[AudioWindow | ActivationWindow]):
     """Greedy InfoMax / CLAPP learner that updates on every new window of a stream.
 
     The stack: conv modules (Conv1d -> normalisation -> ReLU, see ``ConvModule``) and a GRU
@@ -64,8 +65,18 @@ class OnlineLearner(StackLearner[AudioWindow]):
     The GRU's hidden state (and, for e-prop, its eligibility traces) carry over from one window to
     the next: consecutive windows are treated as one continuous stream.
 
+    **A part of the stack** (``modules``, a pipeline stage, :mod:`online_gim.scale`): the learner
+    holds only those modules, initialised and seeded exactly as the whole stack's learner holds
+    them (every module has its own generators); the first part learns from audio windows, a later
+    one from :class:`~online_gim.stage_window.ActivationWindow` s, the output of the part below.
+    Reports and ``step(modules=...)`` use stack indices. Fed the same windows, the parts learn the
+    same weights as the whole stack (the whole stack rolls a window back when a module above made
+    it non-finite; a part can roll back only its own modules).
+
     Parameters:
         config: the learner's configuration (``LearnerConfig()`` is the shipped default).
+        modules: the stack indices of the modules to hold, a contiguous range (default: all).
+            The GRU and the top conv module share a memory, so a part holds both or neither of them.
 
     Example:
         >>> import torch
@@ -79,7 +90,7 @@ class OnlineLearner(StackLearner[AudioWindow]):
 
     config: LearnerConfig
 
-    def __init__(self, config: LearnerConfig) -> None:
+    def __init__(self, config: LearnerConfig, modules: range | None = None) -> None:
         super().__init__(config)
         self.input_norm = InputNormalizer(
             momentum=config.input_momentum,
@@ -97,7 +108,7 @@ class OnlineLearner(StackLearner[AudioWindow]):
             memory = NegativeMemory(
                 layer.channels, config.memory, exclusion_samples=self._exclusion_frames * stride, seed=config.seed + index
             )
-            self.stages.append(self._stage(module, layer.channels, layer.channels, memory, stride))
+            self.stages.append(self._stage(module, layer.channels, layer.channels, memory, stride, index))
             in_channels = layer.channels
         self.gru: nn.Module | None = None
         self.traces: EligibilityTraces | None = None
@@ -109,7 +120,7 @@ class OnlineLearner(StackLearner[AudioWindow]):
             else:
                 self.gru = nn.GRU(in_channels, hidden)
             top_memory = self.stages[-1].memory  # the GRU predicts the top conv module's encodings
-            self.stages.append(self._stage(self.gru, hidden, in_channels, top_memory, stride))
+            self.stages.append(self._stage(self.gru, hidden, in_channels, top_memory, stride, len(self.stages)))
         self.hidden = torch.zeros(config.encoder.gru_hidden)
         if config.mode == "e2e":
             parameters = [p for stage in self.stages for p in stage.module.parameters()]
@@ -117,18 +128,45 @@ class OnlineLearner(StackLearner[AudioWindow]):
             self._e2e_optimizer = Adam(parameters, lr=config.optim.lr, moments=config.optim.moments)
         self.probes = OnlineProbes(config.probes, config.encoder) if config.probes is not None else None
         self._learn_stack = self._step_e2e if config.mode == "e2e" else self._step_greedy
-        self._start("all" if config.mode == "e2e" else config.schedule)
+        stack_modules = len(self.stages)
+        if modules is not None and modules != range(stack_modules):
+            self._keep(modules)
+        self._start("all" if config.mode == "e2e" else config.schedule, stack_modules=stack_modules)
+
+    def _keep(self, modules: range) -> None:
+        """Keeps the modules ``modules`` of the stack just built (a pipeline stage) and what belongs
+        to them: the GRU and its state if it is one of them, the probes if they read one of them.
+        Raises ``ValueError`` for a range this learner cannot hold."""
+        count = len(self.stages)
+        if modules.step != 1 or len(modules) == 0 or modules.start < 0 or modules.stop > count:
+            raise ValueError(f"modules must be a non-empty contiguous range within 0..{count - 1}, got {modules}")
+        if self.config.mode == "e2e":
+            raise ValueError("an e2e learner trains its whole stack by one loss: it cannot be split into parts")
+        if self.gru is not None and (self._convs in modules) != (self._convs - 1 in modules):
+            raise ValueError(
+                f"the GRU (module {self._convs}) predicts from the top conv module's memory (module {self._convs - 1}): "
+                "a part holds both or neither"
+            )
+        self.first_module = modules.start
+        self.stages = self.stages[modules.start : modules.stop]
+        self._convs = max(0, min(self._convs, modules.stop) - modules.start)
+        if self._convs == len(self.stages):  # no GRU in this part
+            self.gru, self.traces = None, None
+        if self.probes is not None and self.probes.module not in modules:
+            self.probes = None
 
     @property
     def _exclusion_frames(self) -> int:
         memory = self.config.memory
         return memory.exclusion_frames if memory.exclusion_frames is not None else self.config.loss.prediction_steps
 
-    def _stage(self, module: nn.Module, context_dim: int, target_dim: int, memory: NegativeMemory, stride: int) -> LocalStage:
+    def _stage(
+        self, module: nn.Module, context_dim: int, target_dim: int, memory: NegativeMemory, stride: int, index: int
+    ) -> LocalStage:
         return LocalStage.build(
             module, context_dim=context_dim, target_dim=target_dim, memory=memory, stride=stride,
-            loss=self.config.loss, memory_config=self.config.memory, optim=self.config.optim, generator=self._generator,
-            product_dtype=self.product_dtype, exclusion=self._exclusion_frames,
+            loss=self.config.loss, memory_config=self.config.memory, optim=self.config.optim, seed=self.config.seed,
+            index=index, product_dtype=self.product_dtype, exclusion=self._exclusion_frames,
         )
 
     @property
@@ -139,15 +177,22 @@ class OnlineLearner(StackLearner[AudioWindow]):
 
     # ------------------------------------------------------------------ the step
 
-    def _window_values(self, window: AudioWindow) -> torch.Tensor:
-        """``window.samples``, ``(n,)`` float at 16 kHz with ``n == config.window``; raises
-        ``ValueError`` for another shape or phone labels the probes cannot use."""
-        samples = window.samples
-        if samples.dim() != 1 or samples.shape[0] != self.config.window:
-            raise ValueError(f"window must be ({self.config.window},) samples, got {tuple(samples.shape)}")
+    def _window_values(self, window: AudioWindow | ActivationWindow) -> torch.Tensor:
+        """``window.samples``, ``(n,)`` float at 16 kHz with ``n == config.window`` (a part of the
+        stack above module 0: ``window.activations``, ``(C, T)`` with the channels of the module
+        below); raises ``ValueError`` for another shape or phone labels the probes cannot use."""
+        if self.first_module == 0:
+            values = window.samples
+            if not isinstance(window, AudioWindow) or values.dim() != 1 or values.shape[0] != self.config.window:
+                raise ValueError(f"window must be ({self.config.window},) samples, got {_shape_of(window)}")
+        else:
+            values = window.activations
+            channels = self.config.encoder.convs[self.first_module - 1].channels
+            if not isinstance(window, ActivationWindow) or values.dim() != 2 or values.shape[0] != channels:
+                raise ValueError(f"window must hold ({channels}, T) activations of module {self.first_module - 1}, got {_shape_of(window)}")
         if self.probes is not None:
             self.probes.check(window)
-        return samples
+        return values
 
     def _learn(
         self, window: AudioWindow, scheduled: set[int], replay: bool
@@ -155,10 +200,16 @@ class OnlineLearner(StackLearner[AudioWindow]):
         """Normalises the window, runs the stack (``greedy``: each module on its own loss;
         ``e2e``: one loss at the top), then the probes (not on a replay)."""
         context = _WindowContext(window=window, speakers=window.frame_speakers(), replay=replay)
-        x = self.input_norm.update_and_apply(window.samples.to(torch.float32))[None, None, :]
+        if self.first_module == 0:
+            x = self.input_norm.update_and_apply(window.samples.to(torch.float32))[None, None, :]
+        else:
+            x = window.activations.to(torch.float32)[None]
         module_reports, embeddings = self._learn_stack(x, context, scheduled)
         # the probes read detached copies after the encoder's update: they never train the encoder
-        probes = self.probes.update(window, embeddings).readout if self.probes is not None and not replay else None
+        probes = (
+            self.probes.update(window, embeddings, first_module=self.first_module).readout
+            if self.probes is not None and not replay else None
+        )
         return module_reports, embeddings, probes
 
     def _begin_replay(self) -> None:
@@ -193,7 +244,7 @@ class OnlineLearner(StackLearner[AudioWindow]):
             else:
                 frames, parts = self._run_gru(stage, outputs[-1][0].T, context, learn=index in scheduled)
             embeddings.append(frames)
-            reports.append(self._module_report(index, parts, frames, started))
+            reports.append(self._module_report(self.first_module + index, parts, frames, started))
         return reports, embeddings
 
     @torch.no_grad()
@@ -219,7 +270,7 @@ class OnlineLearner(StackLearner[AudioWindow]):
     def _remember(self, stage: LocalStage, frames: torch.Tensor, context: _WindowContext) -> None:
         """Writes a random subset of the window's ``(T, C)`` encodings into the stage's memory."""
         count = min(self.config.memory.writes_per_window, frames.shape[0])
-        chosen = np.sort(self._rng.choice(frames.shape[0], size=count, replace=False))
+        chosen = np.sort(stage.rng.choice(frames.shape[0], size=count, replace=False))
         offsets = chosen * stage.stride
         label_frames = np.minimum(offsets // FRAME_SAMPLES, max(context.window.num_frames - 1, 0))
         phones = context.window.phones[label_frames] if context.window.phones is not None else None
@@ -233,11 +284,12 @@ class OnlineLearner(StackLearner[AudioWindow]):
             phones=phones,
         )
 
-    def _anchors(self, frames: int) -> tuple[int, int]:
-        """A random run of anchors ``[first, first + count)`` with every ``anchor + K`` inside."""
+    def _anchors(self, stage: LocalStage, frames: int) -> tuple[int, int]:
+        """A random run of anchors ``[first, first + count)`` with every ``anchor + K`` inside, drawn
+        by ``stage``'s generator."""
         steps = self.config.loss.prediction_steps
         count = min(self.config.loss.subwindow, frames - steps)
-        first = int(self._rng.integers(0, frames - steps - count + 1))
+        first = int(stage.rng.integers(0, frames - steps - count + 1))
         return first, count
 
     def _apply(self, stage: LocalStage, parts: LossParts | None) -> LossParts | None:
@@ -254,7 +306,7 @@ class OnlineLearner(StackLearner[AudioWindow]):
         """Scores a random sub-window of a conv module's frames and updates it. ``conv``: the
         window pass' ``(1, C, T)`` conv output, reused by the recompute; ``frames``: its ``(T, C)``
         output (window negatives)."""
-        first, count = self._anchors(conv.shape[2])
+        first, count = self._anchors(stage, conv.shape[2])
         steps = self.config.loss.prediction_steps
         recomputed = stage.module.forward_frames(inputs, first, first + count + steps, conv=conv)[0].T  # (count + K, C)
         anchors = torch.arange(count)
@@ -268,7 +320,7 @@ class OnlineLearner(StackLearner[AudioWindow]):
     ) -> tuple[torch.Tensor, LossParts | None]:
         """Runs (and if ``learn``, trains) the GRU on the top conv module's ``(T, C)`` output."""
         inputs = inputs.detach()
-        if self.config.encoder.gru == "eprop":
+        if self.traces is not None:
             return self._run_eprop(stage, inputs, context, learn=learn)
         with torch.set_grad_enabled(learn):
             states, last = stage.module(inputs[:, None, :], self.hidden[None, None, :])
@@ -376,20 +428,25 @@ class OnlineLearner(StackLearner[AudioWindow]):
 
         Args:
             samples: ``(n,)`` float samples at 16 kHz, any length that leaves at least one frame
-                at the top.
+                at the top (a part of the stack above module 0: the ``(C, T)`` activations of the
+                module below it).
         Returns:
             Per module, its ``(frames, C)`` output; the GRU starts from a zero state.
         """
-        if samples.dim() != 1:
-            raise ValueError(f"samples must be (n,), got {tuple(samples.shape)}")
+        expected = 1 if self.first_module == 0 else 2
+        if samples.dim() != expected:
+            raise ValueError(f"samples must be {'(n,)' if expected == 1 else '(C, T)'}, got {tuple(samples.shape)}")
         if not bool(torch.isfinite(samples).all()):
             raise ValueError("samples contain NaN or Inf")
-        h = self.input_norm.apply(samples.to(torch.float32))[None, None, :]
+        if self.first_module == 0:
+            h = self.input_norm.apply(samples.to(torch.float32))[None, None, :]
+        else:
+            h = samples.to(torch.float32)[None]
         outputs: list[torch.Tensor] = []
         for stage in self.stages[: self._convs]:
             h = stage.module.forward_window(h, update_statistics=False)
             outputs.append(h[0].T)  # a view: nothing writes into h
-        if self.config.encoder.gru == "eprop":
+        if self.traces is not None:
             outputs.append(self.gru.run(h[0].T, torch.zeros(self.gru.hidden_size)))
         elif self.gru is not None:
             states, _ = self.gru(h[0].T[:, None, :])
@@ -455,3 +512,12 @@ class OnlineLearner(StackLearner[AudioWindow]):
             if all(stage.memory is not self.stages[o].memory for o in owners):
                 owners.append(index)
         return owners
+
+
+def _shape_of(window: object) -> str:
+    """What a wrong window holds, for an error message."""
+    for name in ("samples", "activations"):
+        values = getattr(window, name, None)
+        if isinstance(values, torch.Tensor):
+            return f"{name} of shape {tuple(values.shape)}"
+    return type(window).__name__

@@ -27,10 +27,15 @@ from online_gim.report import ModuleReport
 
 @dataclass
 class LocalStage:
-    """A module with everything that trains it: head, memory, objective and optimiser.
+    """A module with everything that trains it: head, memory, objective and optimiser, and its own
+    random generators.
 
     ``stride``: stream positions per output frame of this module (cumulative; input samples for
-    audio, 1 for video, where every output frame is one input frame).
+    audio, 1 for video, where every output frame is one input frame). ``rng`` (NumPy: the memory
+    writes' and the anchors' choices) and ``generator`` (torch: the head's initialisation, the
+    objective's draws) belong to this module alone, seeded from the learner's seed and the module's
+    index (:func:`module_generators`): a module draws the same numbers whichever modules run beside
+    it, in this process or in another (a stage of a pipeline, :mod:`online_gim.scale`).
     """
 
     module: nn.Module
@@ -39,6 +44,8 @@ class LocalStage:
     objective: LocalObjective
     optimizer: Adam
     stride: int
+    rng: np.random.Generator
+    generator: torch.Generator
 
     @classmethod
     def build(
@@ -52,21 +59,42 @@ class LocalStage:
         loss: LossConfig,
         memory_config: MemoryConfig,
         optim: OptimConfig,
-        generator: torch.Generator,
+        seed: int,
+        index: int,
         product_dtype: torch.dtype = torch.float32,
         exclusion: int = 0,
     ) -> LocalStage:
         """A stage whose head predicts ``target_dim`` targets from ``context_dim`` contexts (its
         products in ``product_dtype``); one Adam optimiser (``optim.lr``, moments stored as
         ``optim.moments``) over the module's and the head's parameters. ``exclusion``: frames
-        around an anchor that never give a window negative (:class:`~online_gim.objective.LocalObjective`)."""
+        around an anchor that never give a window negative (:class:`~online_gim.objective.LocalObjective`).
+        ``seed`` and ``index`` (the learner's seed, the module's place in the stack) seed the stage's
+        generators."""
+        rng, generator = module_generators(seed, index)
         head = PredictionHead(
             context_dim, target_dim, loss.prediction_steps, split=loss.split_prediction, generator=generator,
             product_dtype=product_dtype,
         )
         objective = LocalObjective(loss, memory_config, head, memory, generator, exclusion=exclusion)
         optimizer = Adam([*module.parameters(), *head.parameters()], lr=optim.lr, moments=optim.moments)
-        return cls(module, head, memory, objective, optimizer, stride)
+        return cls(module, head, memory, objective, optimizer, stride, rng, generator)
+
+    def generator_state(self) -> dict[str, object]:
+        """The generators' state (part of the learner's state, in the stage's entry)."""
+        return {"numpy": self.rng.bit_generator.state, "torch": self.generator.get_state()}
+
+    def load_generator_state(self, state: dict[str, object]) -> None:
+        """Restores :meth:`generator_state`'s output."""
+        self.rng.bit_generator.state = state["numpy"]
+        self.generator.set_state(state["torch"])
+
+
+def module_generators(seed: int, index: int) -> tuple[np.random.Generator, torch.Generator]:
+    """Module ``index``'s NumPy and torch generators for the learner seed ``seed``: independent of
+    every other module's, and of the number of modules."""
+    sequence = np.random.SeedSequence([seed, index])
+    torch_seed = int(sequence.spawn(1)[0].generate_state(1, np.uint64)[0] >> np.uint64(1))
+    return np.random.default_rng(sequence), torch.Generator().manual_seed(torch_seed)
 
 
 class ModuleSchedule:
@@ -76,7 +104,7 @@ class ModuleSchedule:
     Parameters:
         kind: the schedule.
         count: modules in the stack.
-        rng: draws the ``random`` choices (shared with the learner, so that its state is saved with it).
+        rng: draws the ``random`` choices (the learner's, so that its state is saved with it).
 
     Attributes:
         round_robin: windows scheduled so far under ``round_robin`` (part of the learner's state).

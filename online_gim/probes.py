@@ -364,18 +364,20 @@ class OnlineProbes:
                 f"(probes.phone_classes = {self.config.phone_classes}); unknown frames must be {UNKNOWN_LABEL}"
             )
 
-    def update(self, window: AudioWindow, embeddings: Sequence[torch.Tensor]) -> OnlineProbes:
+    def update(self, window: AudioWindow, embeddings: Sequence[torch.Tensor], *, first_module: int = 0) -> OnlineProbes:
         """Predicts, scores, then learns from one window.
 
         Args:
             window: the window the learner just processed (its labels, if any, train the probes).
             embeddings: per module, its ``(frames, C)`` output on the window (``StepReport.embeddings``).
+            first_module: the stack index of ``embeddings[0]`` (a pipeline stage's learner holds
+                modules ``first_module ..``).
         Raises:
             ValueError: unusable labels (see :meth:`check`) or embeddings that do not fit the
                 stack; nothing is changed then.
         """
         self.check(window)
-        output = embeddings[self.module] if len(embeddings) > self.module else None
+        output = embeddings[self.module - first_module] if 0 <= self.module - first_module < len(embeddings) else None
         if output is None or output.dim() != 2 or output.shape[1] != self.channels:
             raise ValueError(f"embeddings must hold module {self.module}'s (frames, {self.channels}) output")
         features = to_label_frames(output, self.grid, window.num_frames)

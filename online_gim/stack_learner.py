@@ -56,23 +56,32 @@ class StackLearner(Generic[W]):
     def __init__(self, config: BaseModel) -> None:
         self.config = config
         torch.manual_seed(config.seed)
-        self._generator = torch.Generator().manual_seed(config.seed)
-        self._rng = np.random.default_rng(config.seed)
+        self._rng = np.random.default_rng(config.seed)  # the module schedule's; each stage has its own
         self.stages: list[LocalStage] = []
+        self.first_module = 0
         self.steps = 0
         self.updates = 0
         self.replayed = 0
         self.windows_skipped_nonfinite = 0
 
-    def _start(self, schedule: str) -> None:
+    def _start(self, schedule: str, *, stack_modules: int | None = None) -> None:
         """Ends the construction: the module schedule (``all``, ``random``, ``round_robin``) and the
-        step guard, which keeps a copy of the fresh learner's volatile state."""
-        self._schedule = ModuleSchedule(schedule, len(self.stages), self._rng)
+        step guard, which keeps a copy of the fresh learner's volatile state. ``stack_modules``: the
+        modules of the whole stack when this learner holds a part of it (a pipeline stage: its
+        modules are ``first_module ..``); the schedule chooses among the whole stack's, as the
+        whole stack's learner would."""
+        self._schedule = ModuleSchedule(schedule, stack_modules or len(self.stages), self._rng)
         self._guard = StepGuard(self._volatile_state, self._load_volatile_state)
 
     @property
     def num_modules(self) -> int:
         return len(self.stages)
+
+    @property
+    def module_indices(self) -> range:
+        """The stack indices of this learner's modules (``range(num_modules)`` unless it is a
+        pipeline stage); reports and the ``modules`` argument of :meth:`step` use them."""
+        return range(self.first_module, self.first_module + len(self.stages))
 
     @property
     def memories(self) -> list[NegativeMemory]:
@@ -94,8 +103,8 @@ class StackLearner(Generic[W]):
 
         Args:
             window: the window (its data as :meth:`_window_values` requires).
-            modules: update only these modules this window (overrides the schedule); all modules
-                still run forward.
+            modules: update only these modules (stack indices) this window (overrides the
+                schedule); all modules still run forward.
             replay: the window is replayed from the past: the weights update as on a new window,
                 but nothing that describes the live stream changes (running statistics, memories,
                 probes, recurrent state: :meth:`_replay_scope`); counted in ``replayed``, not in
@@ -114,7 +123,8 @@ class StackLearner(Generic[W]):
             self.replayed += 1
         else:
             self.steps += 1
-        outcome = self._guard.run(values, lambda: self._learn_guarded(window, self._schedule.choose(modules), started, replay))
+        scheduled = {index - self.first_module for index in self._schedule.choose(modules)} & set(range(len(self.stages)))
+        outcome = self._guard.run(values, lambda: self._learn_guarded(window, scheduled, started, replay))
         if not isinstance(outcome, SkipReason):
             return outcome
         self.windows_skipped_nonfinite += 1
@@ -127,7 +137,8 @@ class StackLearner(Generic[W]):
     def _learn(
         self, window: W, scheduled: set[int], replay: bool
     ) -> tuple[list[ModuleReport], list[torch.Tensor], ProbeReadout | None]:
-        """The forward passes and updates of a window that passed the level check, inside the step
+        """The forward passes and updates of a window that passed the level check (``scheduled``:
+        the modules to update, as indices into :attr:`stages`), inside the step
         guard: calls ``self._guard.verify(outputs=...)`` before any memory write or weight update
         (raising :class:`~online_gim.finite.NonFiniteState` rolls the window back). Writes no memory
         when ``replay``. Returns each module's report and ``(frames, channels)`` output, and the
@@ -189,12 +200,14 @@ class StackLearner(Generic[W]):
         what the subclass holds besides (:meth:`_extra_state`)."""
         return {
             "config": self.config.model_dump(mode="json"),
+            "modules": [self.module_indices.start, self.module_indices.stop],
             "input_norm": self.input_norm.state_dict(),
             "stages": [
                 {
                     "module": stage.module.state_dict(),
                     "head": stage.head.state_dict(),
                     "optimizer": stage.optimizer.state_dict(),
+                    "generators": stage.generator_state(),
                     **self._stage_state(index),
                 }
                 for index, stage in enumerate(self.stages)
@@ -206,7 +219,6 @@ class StackLearner(Generic[W]):
                 "replayed": self.replayed,
                 "round_robin": self._schedule.round_robin,
             },
-            "torch_generator": self._generator.get_state(),
             "numpy_rng": self._rng.bit_generator.state,
             **self._extra_state(),
         }
@@ -232,19 +244,27 @@ class StackLearner(Generic[W]):
             sound state.
         Raises:
             ValueError: the state was written with a different configuration (the message names
-                the first differing field).
+                the first differing field), or by a learner holding other modules of the stack.
             NonFiniteState: learned weights (a module's parameters or its prediction head) are not
                 finite: they cannot be estimated again; nothing is changed.
         """
         saved = type(self.config).model_validate(state["config"])
         if saved != self.config:
             raise ValueError(f"state was saved with a different config: {first_difference(saved, self.config)}")
+        modules = range(*state.get("modules", (0, len(state["stages"]))))  # absent before pipeline stages: the whole stack
+        if modules != self.module_indices:
+            raise ValueError(
+                f"state holds modules {modules.start}-{modules.stop - 1} of the stack, this learner modules "
+                f"{self.module_indices.start}-{self.module_indices.stop - 1}"
+            )
         paths = repairable_paths(state, self.stages)
         self.input_norm.load_state_dict(state["input_norm"])
         for index, (stage, saved_stage) in enumerate(zip(self.stages, state["stages"])):
             stage.module.load_state_dict(saved_stage["module"])
             stage.head.load_state_dict(saved_stage["head"])
             stage.optimizer.load_state_dict(saved_stage["optimizer"])
+            if "generators" in saved_stage:  # absent from checkpoints written before per-module generators
+                stage.load_generator_state(saved_stage["generators"])
             self._load_stage_state(index, saved_stage)
         counters = state["counters"]
         self.steps = int(counters["steps"])
@@ -252,7 +272,6 @@ class StackLearner(Generic[W]):
         self.windows_skipped_nonfinite = int(counters["windows_skipped_nonfinite"])
         self.replayed = int(counters.get("replayed", 0))  # absent from checkpoints written before replay
         self._schedule.round_robin = int(counters["round_robin"])
-        self._generator.set_state(state["torch_generator"])
         self._rng.bit_generator.state = state["numpy_rng"]
         self._load_extra_state(state)
         return repair_loaded_state(paths, self._guard, optimizers=self._named_optimizers(), memories=self._named_memories())

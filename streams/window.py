@@ -77,14 +77,17 @@ class AudioWindow:
         return self.start_sample / SAMPLE_RATE
 
     def frame_speakers(self) -> list[str | None]:
-        """Speaker id of every 10 ms frame (``None`` where unknown), from ``spans``.
+        """Speaker id of every 10 ms frame (``None`` where unknown), from ``spans``."""
+        return frame_speakers(self.spans, self.num_frames)
 
-        A frame belongs to the span that contains its centre sample.
-        """
-        speakers: list[str | None] = [None] * self.num_frames
-        for span in self.spans:
-            first = max(0, (span.start - FRAME_SAMPLES // 2 + FRAME_SAMPLES - 1) // FRAME_SAMPLES)
-            last = min(self.num_frames, (span.stop - FRAME_SAMPLES // 2 + FRAME_SAMPLES - 1) // FRAME_SAMPLES)
-            for frame in range(first, last):
-                speakers[frame] = span.speaker_id
-        return speakers
+
+def frame_speakers(spans: tuple[UtteranceSpan, ...], num_frames: int) -> list[str | None]:
+    """Speaker id of each of a window's ``num_frames`` 10 ms frames (``None`` where unknown): a
+    frame belongs to the span that contains its centre sample."""
+    speakers: list[str | None] = [None] * num_frames
+    for span in spans:
+        first = max(0, (span.start - FRAME_SAMPLES // 2 + FRAME_SAMPLES - 1) // FRAME_SAMPLES)
+        last = min(num_frames, (span.stop - FRAME_SAMPLES // 2 + FRAME_SAMPLES - 1) // FRAME_SAMPLES)
+        for frame in range(first, last):
+            speakers[frame] = span.speaker_id
+    return speakers

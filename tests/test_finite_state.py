@@ -210,8 +210,8 @@ def test_a_probe_or_gru_state_made_non_finite_after_the_update_is_restored(monke
     hidden = learner.hidden.clone()
     real_update = learner.probes.update
 
-    def poisoned_update(window, embeddings):
-        result = real_update(window, embeddings)
+    def poisoned_update(window, embeddings, **options):
+        result = real_update(window, embeddings, **options)
         learner.probes.standardizer.var = torch.full_like(learner.probes.standardizer.var, float("nan"))
         learner.hidden = torch.full_like(learner.hidden, float("inf"))
         return result

@@ -80,7 +80,7 @@ class VideoLearner(StackLearner[VideoWindow]):
             self.stages.append(
                 LocalStage.build(
                     module, context_dim=layer.channels, target_dim=layer.channels, memory=memory, stride=1,
-                    loss=config.loss, memory_config=config.memory, optim=config.optim, generator=self._generator,
+                    loss=config.loss, memory_config=config.memory, optim=config.optim, seed=config.seed, index=index,
                 )
             )
             in_channels = layer.channels
@@ -137,7 +137,7 @@ class VideoLearner(StackLearner[VideoWindow]):
         count = min(self.config.memory.writes_per_window, new.shape[0])
         if count == 0:
             return
-        chosen = np.sort(self._rng.choice(new, size=count, replace=False))
+        chosen = np.sort(stage.rng.choice(new, size=count, replace=False))
         stage.memory.add(pooled[torch.from_numpy(chosen)], window.positions[chosen], source_id=window.source_id, step=self.updates)
 
     def _update(self, index: int, pooled: torch.Tensor, window: VideoWindow) -> LossParts | None:

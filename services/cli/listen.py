@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from online_gim.services.cli import CliError, listen_video, service_options, sources
+from online_gim.services.cli import CliError, listen_video, scale_options, service_options, sources
 from online_gim.services.cli import state as state_options
 from online_gim.services.cli.listen_options import ListenOptions, RunOptions
 from online_gim.services.cli.replay_options import add_replay_arguments
@@ -111,6 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listen_video.add_arguments(parser)
     service_options.add_arguments(parser)
     state_options.add_listen_arguments(parser)
+    scale_options.add_arguments(parser)
     parser.set_defaults(func=run_listen)
 
 

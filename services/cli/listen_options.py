@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from online_gim.services.cli import CliError, service_options
+from online_gim.services.cli import CliError, scale_options, service_options
 from online_gim.services.cli import state as state_options
 from online_gim.services.cli.replay_options import replay_config
 from online_gim.streams.replay_config import ReplayConfig
@@ -98,6 +98,7 @@ class ListenOptions:
         run: the run's limits and outputs.
         service: the side service (``None`` with ``--no-http``).
         state: the durable state (``None`` without ``--state``).
+        scale: how the run spreads over processes (``--pipeline``, ``--replicas``).
     """
 
     source: SourceOptions
@@ -110,6 +111,7 @@ class ListenOptions:
     run: RunOptions
     service: service_options.ServiceOptions | None
     state: state_options.StateOptions | None
+    scale: scale_options.ScaleOptions = scale_options.ScaleOptions()
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ListenOptions:
@@ -146,6 +148,7 @@ class ListenOptions:
         return cls(
             source=source, learner=learner, schedule=schedule, hop=hop, capacity=capacity, replay=replay, video=video,
             run=run, service=service, state=state_options.from_args(args),
+            scale=scale_options.from_args(args, source=source.kind),
         )
 
 
