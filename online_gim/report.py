@@ -45,6 +45,7 @@ class ModuleReport:
         active_fraction: fraction of hinge terms that were active (non-zero gradient); NaN for InfoNCE.
         dead_fraction: fraction of the module's output units that were never positive in the window.
         seconds: wall-clock seconds spent on this module (forward + update).
+        stage: the pipeline stage (process) that holds the module; 0 in a single process.
     """
 
     module: int
@@ -56,6 +57,7 @@ class ModuleReport:
     active_fraction: float
     dead_fraction: float
     seconds: float
+    stage: int = 0
 
     @property
     def loss_ratio(self) -> float:

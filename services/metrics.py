@@ -46,6 +46,7 @@ class ServiceMetrics:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         m = ("module",)
+        ms = ("module", "stage")  # the learning families: a pipeline's modules live in several stages
 
         def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
             return Gauge(PREFIX + name, doc, labels, registry=r)
@@ -54,19 +55,19 @@ class ServiceMetrics:
             return Counter(PREFIX + name, doc, registry=r)
 
         # learning, per module
-        self.loss = gauge("module_loss", "Local loss of the module on the newest window it scored.", m)
-        self.loss_pos = gauge("module_loss_positive", "Positive part of the module's hinge loss.", m)
-        self.loss_neg = gauge("module_loss_negative", "Negative part of the module's hinge loss.", m)
+        self.loss = gauge("module_loss", "Local loss of the module on the newest window it scored.", ms)
+        self.loss_pos = gauge("module_loss_positive", "Positive part of the module's hinge loss.", ms)
+        self.loss_neg = gauge("module_loss_negative", "Negative part of the module's hinge loss.", ms)
         self.loss_chance = gauge(
-            "module_loss_chance_ratio", "Loss divided by its chance value; near or above 1 = learned nothing or collapsed.", m
+            "module_loss_chance_ratio", "Loss divided by its chance value; near or above 1 = learned nothing or collapsed.", ms
         )
-        self.active = gauge("module_active_hinge_ratio", "Fraction of hinge terms that were active (non-zero gradient).", m)
-        self.dead = gauge("module_dead_unit_ratio", "Fraction of the module's output units never positive in the window.", m)
+        self.active = gauge("module_active_hinge_ratio", "Fraction of hinge terms that were active (non-zero gradient).", ms)
+        self.dead = gauge("module_dead_unit_ratio", "Fraction of the module's output units never positive in the window.", ms)
         self.module_updates = Counter(
-            PREFIX + "module_updates", "Windows on which the module's weights were updated.", m, registry=r
+            PREFIX + "module_updates", "Windows on which the module's weights were updated.", ms, registry=r
         )
         self.module_seconds = Histogram(
-            PREFIX + "module_update_duration_seconds", "Wall time of one module's forward and update.", m,
+            PREFIX + "module_update_duration_seconds", "Wall time of one module's forward and update.", ms,
             buckets=STEP_BUCKETS, registry=r,
         )
         self.step_seconds = Histogram(
@@ -144,16 +145,16 @@ class ServiceMetrics:
         self.model_step.set(report.updates)
         _observe(self.step_seconds, report.seconds)
         for mod in report.modules:
-            label = str(mod.module)
-            _set(self.loss.labels(label), mod.loss)
-            _set(self.loss_pos.labels(label), mod.loss_pos)
-            _set(self.loss_neg.labels(label), mod.loss_neg)
-            _set(self.loss_chance.labels(label), mod.loss_ratio)
-            _set(self.active.labels(label), mod.active_fraction)
-            _set(self.dead.labels(label), mod.dead_fraction)
+            label = (str(mod.module), str(mod.stage))
+            _set(self.loss.labels(*label), mod.loss)
+            _set(self.loss_pos.labels(*label), mod.loss_pos)
+            _set(self.loss_neg.labels(*label), mod.loss_neg)
+            _set(self.loss_chance.labels(*label), mod.loss_ratio)
+            _set(self.active.labels(*label), mod.active_fraction)
+            _set(self.dead.labels(*label), mod.dead_fraction)
             if mod.updated:
-                self.module_updates.labels(label).inc()
-                _observe(self.module_seconds.labels(label), mod.seconds)
+                self.module_updates.labels(*label).inc()
+                _observe(self.module_seconds.labels(*label), mod.seconds)
         last = self._last_counters
         for metric, name in (
             (self.windows_dropped, "windows_dropped"),

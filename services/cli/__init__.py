@@ -22,6 +22,10 @@ EXIT_NOT_SAVED = 3
 """Exit code of a ``listen --state`` run whose learning could not all be saved (its checkpoints
 failed: disk full, directory gone); 1 is a source error, 2 a :class:`CliError`."""
 
+EXIT_PEER_LOST = 4
+"""Exit code of every process of a scaled-out run (``--pipeline``, ``--replicas``) that stopped
+because another process of the run was lost (killed, crashed, unreachable)."""
+
 
 class CliError(Exception):
     """An error the user can fix; printed as one sentence, exit code 2, no traceback."""
@@ -48,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a scaled-out run re-executes under torchrun
     if args.command is None:
         parser.print_help()
         return 2

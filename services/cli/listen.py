@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from online_gim.learner import OnlineLearner
     from online_gim.report import StepReport
     from online_gim.run.audio import AudioRecorder, ListenSession
+    from online_gim.services.cli.listen_pipeline import HeadRun
     from online_gim.services.http import ServiceHandle
     from online_gim.services.live import LiveBoard
     from online_gim.services.progress import ProgressReporter
@@ -243,13 +244,40 @@ def run_listen(args: argparse.Namespace) -> int:
     _configure_logging(console)
     with _Signals() as signals:
         try:
+            if options.scale.pipeline is not None:
+                return _listen_pipeline(options, signals, console, interactive, args.argv)
             return _listen(options, signals, console, interactive)
         except _Interrupted as stop:
             print(f"online-gim listen: {stop} before listening started; nothing learned", file=sys.stderr)
             return 0
 
 
-def _listen(options: ListenOptions, signals: _Signals, console: Console, interactive: bool) -> int:
+def _listen_pipeline(options: ListenOptions, signals: _Signals, console: Console, interactive: bool, argv: list[str]) -> int:
+    """``--pipeline``: re-executes under torchrun when no launcher started this process; under one,
+    rank 0 runs the stream with a pipeline head (:mod:`online_gim.services.cli.listen_pipeline`),
+    every other rank a stage."""
+    from online_gim.scale import group, launch
+    from online_gim.services.cli import listen_pipeline
+
+    if not group.launched():
+        launch.exec_torchrun(options.scale.launch, "online_gim.services.cli", argv)
+    try:
+        place = group.join()
+    except (RuntimeError, ValueError) as error:
+        raise CliError(f"cannot join the pipeline's process group: {error}") from None
+    try:
+        if place.rank > 0:
+            return listen_pipeline.run_stage(options, signals)
+        return _listen(options, signals, console, interactive, scaled=listen_pipeline.HeadRun(options))
+    finally:
+        group.leave()
+
+
+def _listen(
+    options: ListenOptions, signals: _Signals, console: Console, interactive: bool, scaled: HeadRun | None = None
+) -> int:
+    """One listen run; ``scaled``: rank 0 of a pipeline (its learner, checkpoint relay, run and
+    summary)."""
     run = options.run
     if options.source.kind == "video":
         document, failed = listen_video.listen_video(options, signals)
@@ -275,12 +303,13 @@ def _listen(options: ListenOptions, signals: _Signals, console: Console, interac
         from online_gim.run.audio import ListenSession
 
         config = options.learner
-        learner = OnlineLearner(config)
+        paced = options.source.kind == "mic" or options.source.speed is not None  # as the session's stream will be
+        learner = scaled.learner(config, paced=paced) if scaled is not None else OnlineLearner(config)
         if state is not None:
             state_options.restore(state, learner)
         session = ListenSession(
             source, learner, window=config.window, hop=options.hop, capacity=options.capacity,
-            auto_schedule=options.schedule == "auto", max_seconds=run.duration, max_windows=run.max_windows,
+            auto_schedule=options.schedule == "auto" and scaled is None, max_seconds=run.duration, max_windows=run.max_windows,
             schedule_name=options.schedule, origin=state.origin if state is not None else 0, replay=options.replay,
         )
         hop = session.summary.hop
@@ -291,6 +320,8 @@ def _listen(options: ListenOptions, signals: _Signals, console: Console, interac
                 every_seconds=options.state.every_seconds, stop=session.stop,
             )
             session.add_observer(checkpointer)
+        if scaled is not None:
+            scaled.attach(session, checkpointer)
         if run.record is not None:
             session.add_observer(_recorder(run.record))
         if options.service is not None:
@@ -318,13 +349,14 @@ def _listen(options: ListenOptions, signals: _Signals, console: Console, interac
     from online_gim.streams.sources.mic import MicrophoneUnavailable
 
     try:
-        summary = session.run()
+        summary = scaled.run(session) if scaled is not None else session.run()
     except MicrophoneUnavailable as error:
         raise CliError(str(error)) from None
     finally:
         if service is not None:
             service.stop()
     document = summary.to_dict()
+    lost = scaled.finish(document) if scaled is not None else None
     if video is not None:
         document.update(video.finish())
     if state is not None:
@@ -336,7 +368,7 @@ def _listen(options: ListenOptions, signals: _Signals, console: Console, interac
             listen_video.print_summary(document)
     if summary.stop_reason == "source_error":
         print(f"online-gim listen: error: {summary.error}", file=sys.stderr)
-    return state_options.not_saved(options.state, document) or (1 if summary.stop_reason == "source_error" else 0)
+    return lost or state_options.not_saved(options.state, document) or (1 if summary.stop_reason == "source_error" else 0)
 
 
 def _write_summary(run: RunOptions, document: dict[str, Any]) -> None:

@@ -71,6 +71,8 @@ def from_args(args: argparse.Namespace, *, source: str) -> ScaleOptions:
         raise CliError("--average-every must be at least 1 window")
     if args.pipeline is not None and args.replicas > 1:
         raise CliError("--pipeline and --replicas cannot be combined yet: choose one")
+    if args.pipeline is not None and args.replay > 0:
+        raise CliError("--replay needs the whole stack in one process: it cannot be combined with --pipeline")
     if args.pipeline_sync and args.pipeline is None:
         raise CliError("--pipeline-sync needs --pipeline")
     if args.shard_by_rank and args.replicas == 1:
