@@ -143,10 +143,10 @@ def test_cli_json_is_one_object_and_the_table_names_every_key(result, monkeypatc
     threads = torch.get_num_threads()
     monkeypatch.setattr(bench, "run_bench", fake_run_bench)
     try:
-        assert main(["bench", "--json", "--windows", "4", "--threads", "1"]) == 0
+        assert main(["bench", "--json", "--windows", "4", "--threads", "1", "--pipeline-windows", "0"]) == 0
         out = capsys.readouterr().out
         assert out.count("\n") == 1 and json.loads(out) == json.loads(json.dumps(result.to_dict()))
-        assert main(["bench"]) == 0
+        assert main(["bench", "--pipeline-windows", "0"]) == 0
         table = capsys.readouterr().out
     finally:
         torch.set_num_threads(threads)

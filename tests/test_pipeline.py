@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -200,3 +201,65 @@ def test_a_killed_rank_ends_the_others_within_five_seconds_and_state_resumes_eve
     assert "resuming from" in resumed[0][1]
     for stage in (1, 2):
         assert f"stage {stage} (modules" in resumed[stage][1] and "resuming from model step" in resumed[stage][1], resumed[stage][1]
+
+
+# ---------------------------------------------------------------------------- the bench
+
+
+@pytest.mark.slow
+def test_the_pipeline_bench_measures_both_runs_the_stage_split_and_the_transfer(small_config):
+    """``online-gim bench``'s pipeline keys, from real runs: ``listen --pipeline 2`` started without a
+    launcher (it re-executes itself under torchrun) against one process. No timed assertion: the
+    relations between the numbers must hold on any machine."""
+    from online_gim.scale.bench import pipeline_bench
+
+    result = pipeline_bench(6, threads=2, config=small_config)
+    stages = result["pipeline_stage_seconds_per_window"]
+    assert result["pipeline_plan"].count(",") == 1 and len(stages) == 2 and all(s > 0 for s in stages)
+    assert result["pipeline_speedup_2"] == pytest.approx(
+        result["pipeline_windows_per_second"] / result["single_windows_per_second"]
+    )
+    # the small learner's stage 0 ends with a conv module of 32 channels: its output crosses, 4 bytes a value
+    first = parse_plan(result["pipeline_plan"], 6, GRU_WITH_TOP_CONV).stages[0]
+    frames = 20480
+    for stride in (5, 4, 2, 2, 2)[: first.stop]:
+        frames //= stride
+    assert 32 * frames * 4 < result["pipeline_bytes_per_window"] < 32 * (frames + 2) * 4 + 4096
+    assert 0 < result["pipeline_transfer_seconds_per_window"] < max(stages)
+    assert result["pipeline_bound_windows_per_second"] == pytest.approx(
+        1 / (max(stages) + result["pipeline_transfer_seconds_per_window"])
+    )
+
+
+@needs_mini
+@pytest.mark.slow
+def test_rank_0_serves_every_module_of_every_stage_and_a_stop_signal_ends_the_pipeline_cleanly(tmp_path, small_config):
+    import httpx
+
+    from online_gim.services.loadcheck import wait_ready
+
+    port = free_port()
+    arguments = [a for a in _replay_args(100_000) if a != "--no-http"]
+    arguments[arguments.index("max")] = "4"  # paced: four times real time
+    processes = _start_ranks([*arguments, "--loop", "--config", str(small_config), "--pipeline", "0-2,3-5",
+                              "--http", f"127.0.0.1:{port}", "--summary-json", str(tmp_path / "run.json")], 2)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, processes[0], timeout=scaled(120))
+        wanted = {(str(m), "0") for m in range(3)} | {(str(m), "1") for m in range(3, 6)}
+        deadline = time.monotonic() + scaled(60)
+        while True:
+            text = httpx.get(url + "/metrics", timeout=10).text
+            found = set(re.findall(r'^online_gim_module_loss\{module="(\d+)",stage="(\d+)"\}', text, re.M))
+            if found >= wanted or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert found == wanted
+    finally:
+        processes[0].send_signal(signal.SIGTERM)
+    results = _finish(processes, scaled(60))
+    assert [code for code, _ in results] == [0, 0], results
+    summary = json.loads((tmp_path / "run.json").read_text())
+    assert summary["stop_reason"] == "signal:SIGTERM" and summary["pipeline"]["error"] is None
+    stages = summary["pipeline"]["stages"]
+    assert stages[1]["windows_processed"] + stages[1]["windows_dropped"] == summary["pipeline"]["windows_sent"]

@@ -24,6 +24,9 @@ from online_gim.services.cli import CliError
 DEFAULT_WINDOWS = 10
 DEFAULT_LISTEN_WINDOWS = 60
 
+DEFAULT_PIPELINE_WINDOWS = 40
+"""Windows of each run of the pipeline measurement (one process, then ``--pipeline 2``)."""
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -48,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "real-time factor there (rtf_learn_listen)")
     parser.add_argument("--listen-windows", type=int, default=DEFAULT_LISTEN_WINDOWS, metavar="N",
                         help=f"windows of that listen run (default {DEFAULT_LISTEN_WINDOWS})")
+    parser.add_argument("--pipeline-windows", type=int, default=DEFAULT_PIPELINE_WINDOWS, metavar="N",
+                        help=f"windows of the runs that measure pipeline_speedup_2 (one process, then a 2-stage "
+                        f"pipeline on the same cores; default {DEFAULT_PIPELINE_WINDOWS}; 0: not measured)")
     parser.set_defaults(func=run_bench_command)
 
 
@@ -62,6 +68,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
         raise CliError(f"--listen-root {args.listen_root} is not a folder")
     if args.listen_windows < 1:
         raise CliError("--listen-windows must be at least 1")
+    if args.pipeline_windows < 0:
+        raise CliError("--pipeline-windows must be 0 (not measured) or more")
 
     import torch
 
@@ -81,6 +89,13 @@ def run_bench_command(args: argparse.Namespace) -> int:
     if args.listen_root is not None:
         result["rtf_learn_listen"] = listen_rtf(args.listen_root, args.listen_windows, args.config, torch.get_num_threads())
         result["rtf_ratio_listen_over_bench"] = result["rtf_learn_listen"] / result["rtf_learn"]
+    if args.pipeline_windows:
+        from online_gim.scale.bench import pipeline_bench
+
+        try:
+            result.update(pipeline_bench(args.pipeline_windows, threads=torch.get_num_threads(), config=args.config))
+        except RuntimeError as error:
+            raise CliError(f"the pipeline measurement failed: {error}") from None
     if args.json:
         print(json.dumps(result))
     else:

@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from online_gim.services.cli import CliError, listen_video, scale_options, service_options, sources
+from online_gim.services.cli import EXIT_PEER_LOST, CliError, listen_video, scale_options, service_options, sources
 from online_gim.services.cli import state as state_options
 from online_gim.services.cli.listen_options import ListenOptions, RunOptions
 from online_gim.services.cli.replay_options import add_replay_arguments
@@ -267,10 +267,18 @@ def _listen_pipeline(options: ListenOptions, signals: _Signals, console: Console
         raise CliError(f"cannot join the pipeline's process group: {error}") from None
     try:
         if place.rank > 0:
-            return listen_pipeline.run_stage(options, signals)
-        return _listen(options, signals, console, interactive, scaled=listen_pipeline.HeadRun(options))
-    finally:
+            code = listen_pipeline.run_stage(options, signals)
+        else:
+            code = _listen(options, signals, console, interactive, scaled=listen_pipeline.HeadRun(options))
+    except BaseException:
         group.leave()
+        raise
+    if code == EXIT_PEER_LOST:  # gloo's threads still wait on the lost peer: tearing the group down would abort
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    group.leave()
+    return code
 
 
 def _listen(
