@@ -159,6 +159,7 @@ def test_an_asynchronous_pipeline_at_max_speed_drops_nothing_and_learns(tmp_path
     stages = summary["pipeline"]["stages"]
     assert [s["windows_processed"] for s in stages] == [24, 24] and [s["windows_dropped"] for s in stages] == [0, 0]
     assert summary["pipeline"]["bytes_per_window"] > 0
+    assert summary["probe_speaker_accuracy"] is not None  # the probes run on the last stage; rank 0 reports them
     later = stages[1]
     first, final = later["first_loss"], later["final_loss"]  # the later stage's first and last 10 losses, per module
     assert sum(final.values()) < sum(first.values()), (first, final)

@@ -131,7 +131,8 @@ class WindowMeta:
 
 @dataclass(frozen=True)
 class StageReport:
-    """A stage's report of one window, to rank 0."""
+    """A stage's report of one window, to rank 0 (``probes``: the online probes' readout, from the
+    stage that holds the probed module)."""
 
     stage: int
     sequence: int
@@ -140,6 +141,7 @@ class StageReport:
     skipped: bool
     updates: int
     windows_dropped: int
+    probes: ProbeReadout | None = None
 
 
 @dataclass
@@ -179,9 +181,10 @@ class PipelineHead:
     """Rank 0's learner (a :class:`~online_gim.run.contract.StreamLearner` for the session loop):
     stage 0's modules, learned here, and the other stages, reached by messages.
 
-    Its reports hold stage 0's modules and every report of the other stages that arrived since the
-    step before (in ``sync`` mode: this window's); ``embeddings`` are stage 0's only. ``memories``
-    and :meth:`embed` are stage 0's; ``state_dict`` is stage 0's shard.
+    Its reports hold stage 0's modules and the newest report of each other stage that arrived since
+    the step before (in ``sync`` mode: this window's), and the online probes' newest readout, from
+    whichever stage holds the probed module; ``embeddings`` are stage 0's only. ``memories``,
+    ``module_parameters`` and :meth:`embed` are stage 0's; ``state_dict`` is stage 0's shard.
 
     Parameters:
         learner: stage 0's learner (``OnlineLearner(config, plan.stages[0])``).
@@ -204,6 +207,7 @@ class PipelineHead:
         self._acknowledged = 0  # the newest window the last stage reported
         self._pending: dict[int, deque[StageReport]] = {place.index: deque() for place in later}
         self._finals: dict[int, StageTally] = {}
+        self._probes: ProbeReadout | None = None
         self._ended = False
 
     # ------------------------------------------------------------------ the learner contract
@@ -225,7 +229,7 @@ class PipelineHead:
         return self.local.memories
 
     def probe_readout(self) -> ProbeReadout | None:
-        return self.local.probe_readout()
+        return self.local.probe_readout() or self._probes
 
     def module_parameters(self) -> list[list[torch.Tensor]]:
         return self.local.module_parameters()
@@ -258,7 +262,12 @@ class PipelineHead:
         remote = [pending.popleft() for pending in self._pending.values() if pending]
         for pending in self._pending.values():
             pending.clear()  # older reports of a stage are superseded by its newest (counted in its tally)
-        return dataclasses.replace(report, modules=report.modules + tuple(m for r in remote for m in r.modules))
+        for stage_report in remote:
+            self._probes = stage_report.probes or self._probes
+        return dataclasses.replace(
+            report, modules=report.modules + tuple(m for r in remote for m in r.modules),
+            probes=report.probes or next((r.probes for r in remote if r.probes is not None), None),
+        )
 
     # ------------------------------------------------------------------ checkpoints and the end
 
@@ -427,6 +436,7 @@ class StageWorker:
         self._reports.put(Message(Kind.REPORT, StageReport(
             stage=self.place.index, sequence=meta.sequence, modules=modules, seconds=report.seconds,
             skipped=report.skipped_nonfinite, updates=report.updates, windows_dropped=self._inbox.dropped,
+            probes=report.probes,
         )))
 
     def _checkpoint(self, number: int) -> None:
