@@ -264,3 +264,26 @@ def test_rank_0_serves_every_module_of_every_stage_and_a_stop_signal_ends_the_pi
     assert summary["stop_reason"] == "signal:SIGTERM" and summary["pipeline"]["error"] is None
     stages = summary["pipeline"]["stages"]
     assert stages[1]["windows_processed"] + stages[1]["windows_dropped"] == summary["pipeline"]["windows_sent"]
+
+
+@pytest.mark.slow
+def test_the_documented_multi_machine_command_runs_one_stage_per_node(tmp_path, small_config):
+    """README's command for two machines, both on this one: each node's ``online-gim listen
+    --nnodes 2 --node-rank K --rdzv-endpoint HOST:PORT`` starts its launcher; node 0 holds rank 0."""
+    port = free_port()
+    arguments = ["--source", "synth", "--speed", "max", "--max-windows", "4", "--no-http", "--quiet", "--config", str(small_config),
+                 "--pipeline", "0-2,3-5", "--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{port}"]
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "online_gim.services.cli", "listen", *arguments, "--node-rank", str(node),
+             "--summary-json", str(tmp_path / f"node{node}.json")],
+            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for node in (0, 1)
+    ]
+    results = _finish(nodes, scaled(180))
+    assert [code for code, _ in results] == [0, 0], results
+    summary = json.loads((tmp_path / "node0.json").read_text())  # rank 0 writes the run's summary
+    assert [s["modules"] for s in summary["pipeline"]["stages"]] == ["0-2", "3-5"]
+    assert [s["windows_processed"] for s in summary["pipeline"]["stages"]] == [4, 4]
+    assert not (tmp_path / "node1.json").exists()

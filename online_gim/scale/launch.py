@@ -42,8 +42,8 @@ def torchrun_command(options: LaunchOptions, module: str, arguments: list[str]) 
     if options.nodes == 1:
         command.append("--standalone")
     else:
-        command += [
-            f"--nnodes={options.nodes}", f"--node-rank={options.node_rank}", "--rdzv-backend=c10d",
+        command += [  # static rendezvous: the node ranks given decide the ranks (rank 0 on node 0, with the source)
+            f"--nnodes={options.nodes}", f"--node-rank={options.node_rank}", "--rdzv-backend=static",
             f"--rdzv-endpoint={options.rendezvous}", f"--rdzv-id={options.run_id}",
         ]
     return [*command, "-m", module, *arguments]
