@@ -318,7 +318,8 @@ def _listen(
         session = ListenSession(
             source, learner, window=config.window, hop=options.hop, capacity=options.capacity,
             auto_schedule=options.schedule == "auto" and scaled is None, max_seconds=run.duration, max_windows=run.max_windows,
-            schedule_name=options.schedule, origin=state.origin if state is not None else 0, replay=options.replay,
+            schedule_name="all" if scaled is not None and options.schedule == "auto" else options.schedule,  # a pipeline has no budget
+            origin=state.origin if state is not None else 0, replay=options.replay,
         )
         hop = session.summary.hop
         checkpointer = None
