@@ -148,7 +148,8 @@ class StageReport:
 class StageTally:
     """What a stage did over the run (its final message to rank 0; rank 0's own for stage 0).
 
-    Counts are windows; ``first_loss`` and ``final_loss`` map each of the stage's modules to the mean
+    Counts are windows (``windows_dropped``: lost waiting for this stage; ``windows_unsent``: learned
+    here but dropped on the way to the next stage, whose link was slower than this stage); ``first_loss`` and ``final_loss`` map each of the stage's modules to the mean
     of its first and of its last :data:`FINAL_LOSS_UPDATES` losses (``None``: never updated);
     ``error``: why the stage stopped early.
     """
@@ -157,6 +158,7 @@ class StageTally:
     modules: str
     windows_processed: int = 0
     windows_dropped: int = 0
+    windows_unsent: int = 0
     windows_skipped_nonfinite: int = 0
     compute_seconds: float = 0.0
     model_step: int = 0
@@ -299,6 +301,11 @@ class PipelineHead:
     @property
     def windows_sent(self) -> int:
         return self._sent
+
+    @property
+    def windows_unsent(self) -> int:
+        """Windows stage 0 learned but dropped on the way to stage 1 (the link was slower)."""
+        return self._data.dropped
 
     @property
     def bytes_sent(self) -> int:
@@ -452,6 +459,7 @@ class StageWorker:
         if self._out is not None:
             self._out.put(Message(Kind.END))
         self.tally.windows_dropped = self._inbox.dropped
+        self.tally.windows_unsent = self._out.dropped if self._out is not None else 0
         self.tally.first_loss = {str(m): _mean(v) for m, v in self._first.items()}
         self.tally.final_loss = {str(m): _mean(v) for m, v in self._losses.items()}
         self._reports.put(Message(Kind.FINAL, self.tally))

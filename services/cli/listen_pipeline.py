@@ -123,7 +123,8 @@ class HeadRun:
             "sync": head.settings.sync,
             "stages": [
                 {"stage": 0, "modules": f"{head.places[0].modules.start}-{head.places[0].modules.stop - 1}",
-                 "windows_processed": document["windows_processed"], "windows_dropped": 0,
+                 "windows_processed": document["windows_processed"], "windows_dropped": document["windows_dropped"],
+                 "windows_unsent": head.windows_unsent,
                  "compute_seconds": document["compute_seconds"], "model_step": document["model_step"]},
                 *[{k: v for k, v in vars(t).items() if k != "bytes_received"} for t in tallies],
             ],
