@@ -3,9 +3,9 @@
 that bounds it: a pipeline runs at the pace of its slowest stage plus the transfer of one window to
 the next stage, both measured here.
 
-Both runs are real ``online-gim listen`` processes on the synthetic speech stream: the single one
+The runs are real ``online-gim listen`` processes on the synthetic speech stream: the single one
 with ``threads`` torch threads, the pipeline's two ranks with ``threads // 2`` each (so both use the
-same cores). Throughput is windows over the session's wall time (rank 0's for the pipeline, which at
+same cores), and the single one again with ``threads // 2``. Throughput is windows over the session's wall time (rank 0's for the pipeline, which at
 ``--speed max`` waits for the last stage: it keeps at most a few windows in flight).
 """
 
@@ -33,7 +33,9 @@ def pipeline_bench(windows: int, *, threads: int = 2, config: Path | None = None
     measures the transfer of one window between two processes. Returns the ``pipeline_*`` keys:
     ``pipeline_speedup_2`` (pipeline windows/s over single windows/s), both rates, the plan, each
     stage's compute seconds per window, the bytes and seconds of one window's transfer, and
-    ``pipeline_bound_windows_per_second`` (1 / (slowest stage + transfer): the cost model).
+    ``pipeline_bound_windows_per_second`` (1 / (slowest stage + transfer): the cost model), and
+    ``pipeline_speedup_over_one_thread``: over one process with one thread (what pipelining alone
+    buys, intra-op threads aside).
 
     Raises:
         RuntimeError: a listen run failed (its stderr's end is in the message).
@@ -41,6 +43,7 @@ def pipeline_bench(windows: int, *, threads: int = 2, config: Path | None = None
     arguments = ["--source", "synth", "--speed", "max", "--max-windows", str(windows), "--no-http", "--quiet"]
     arguments += ["--config", str(config)] if config is not None else []
     single = _listen(arguments, threads)
+    one_thread = _listen(arguments, max(1, threads // 2))
     pipelined = _listen([*arguments, "--pipeline", "2"], max(1, threads // 2))
     pipeline = pipelined["pipeline"]
     stage_seconds = [stage["compute_seconds"] / stage["windows_processed"] for stage in pipeline["stages"]]
@@ -50,6 +53,7 @@ def pipeline_bench(windows: int, *, threads: int = 2, config: Path | None = None
     pipeline_rate = pipelined["windows_processed"] / pipelined["wall_seconds"]
     return {
         "pipeline_speedup_2": pipeline_rate / single_rate,
+        "pipeline_speedup_over_one_thread": pipeline_rate * one_thread["wall_seconds"] / one_thread["windows_processed"],
         "pipeline_windows_per_second": pipeline_rate,
         "single_windows_per_second": single_rate,
         "pipeline_plan": pipeline["plan"],
