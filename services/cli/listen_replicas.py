@@ -9,7 +9,7 @@ Examples::
 Started by hand, the command re-executes itself under ``torchrun`` with N processes
 (:func:`~online_gim.scale.launch.exec_torchrun`); under ``torchrun`` every process is one replica:
 it joins the gloo group, watches its peers (:class:`~online_gim.scale.peers.PeerWatch`) and runs
-the one-process listen path (:func:`~online_gim.services.cli.listen.listen_audio`) with a
+the one-process listen path (``online_gim.services.cli.listen.listen_audio``) with a
 :class:`~online_gim.scale.replicas.ReplicaAverager` as its first observer, so that the
 checkpointer saves averaged weights.
 
@@ -35,20 +35,21 @@ import dataclasses
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from online_gim.services.cli import EXIT_PEER_LOST, CliError
-from online_gim.services.cli.listen import listen_audio
 from online_gim.services.cli.listen_options import ListenOptions
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from online_gim.learner import OnlineLearner
     from online_gim.run.audio import ListenSession
     from online_gim.scale.replicas import ReplicaAverager
-    from online_gim.services.cli.listen import _Signals
+
+ListenPath = Callable[[ListenOptions, "Replica"], int]
+"""The one-process audio listen path with an extension (``listen.listen_audio``, its signals and
+console bound): runs a replica's options, returns the exit code."""
 
 SHARDED_SOURCES = ("librispeech", "synth")
 """Sources ``--shard-by-rank`` splits (a corpus of utterances)."""
@@ -61,8 +62,9 @@ RANK_PLACEHOLDER = "{rank}"
 """In ``--path``: replaced by each replica's rank."""
 
 
-def run(options: ListenOptions, signals: _Signals, console: Console, interactive: bool) -> int:
-    """Runs this process' replica under ``torchrun``, or re-executes the command under it."""
+def run(options: ListenOptions, listen: ListenPath) -> int:
+    """Runs this process' replica under ``torchrun`` by ``listen``, or re-executes the command
+    under ``torchrun``."""
     from online_gim.scale.group import launched
 
     check(options)
@@ -79,7 +81,7 @@ def run(options: ListenOptions, signals: _Signals, console: Console, interactive
     if group.world_size != options.scale.replicas:
         raise CliError(f"--replicas {options.scale.replicas} but the launcher started {group.world_size} processes")
     replica = Replica(group.rank, group.world_size, options.scale.average_every)
-    code = listen_audio(for_rank(options, group.rank, group.world_size), signals, console, interactive and group.rank == 0, replica)
+    code = listen(for_rank(options, group.rank, group.world_size), replica)
     if replica.lost_message() is not None:  # the group cannot be left in order with a peer gone: end here
         replica.announce()
         sys.stdout.flush()
