@@ -179,7 +179,7 @@ def test_a_killed_replica_ends_the_others_within_seconds_and_the_same_command_re
         assert process.returncode == 0, err
         summary = json.loads((tmp_path / f"run.rank{rank}.json").read_text())
         assert summary["resumed_from_step"] > 0 and summary["source"] == f"librispeech:shard{rank}of3"
-        assert (summary["replica"], summary["replicas"], summary["peer_lost"]) == (rank, 3, None)
+        assert (summary["replicas"]["rank"], summary["replicas"]["replicas"], summary["replicas"]["peer_lost"]) == (rank, 3, None)
 
 
 @requires_mini
@@ -197,8 +197,9 @@ def test_listen_replicas_started_by_hand_runs_under_torchrun_and_ends_with_equal
     summaries = [json.loads((tmp_path / f"run.rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [s["source"] for s in summaries] == ["librispeech:shard0of2", "librispeech:shard1of2"]
     assert [s["windows_processed"] for s in summaries] == [5, 5]
-    assert summaries[0]["averaging_rounds"] == summaries[1]["averaging_rounds"] == 1 + 2 + 1  # start, windows 2 and 4, last
-    assert summaries[0]["averaged_bytes_per_round"] > 0
+    rounds = [s["replicas"]["averaging_rounds"] for s in summaries]
+    assert rounds == [1 + 2 + 1] * 2  # the start, after windows 2 and 4, the last
+    assert summaries[0]["replicas"]["averaged_bytes_per_round"] > 0
     learners = [CheckpointStore(tmp_path / "state" / f"replica-{rank}", readonly=True).load_newest().state["learner"] for rank in (0, 1)]
     for first, second in zip(learners[0]["stages"], learners[1]["stages"]):
         for part in ("module", "head"):

@@ -43,13 +43,15 @@ from online_gim.services.cli import EXIT_PEER_LOST, CliError
 from online_gim.services.cli.listen_options import ListenOptions
 
 if TYPE_CHECKING:
+    from online_gim.config import LearnerConfig
     from online_gim.learner import OnlineLearner
-    from online_gim.run.audio import ListenSession
+    from online_gim.run.audio import ListenSession, ListenSummary
+    from online_gim.run.state import Checkpointer
     from online_gim.scale.replicas import ReplicaAverager
 
 ListenPath = Callable[[ListenOptions, "Replica"], int]
-"""The one-process audio listen path with an extension (``listen.listen_audio``, its signals and
-console bound): runs a replica's options, returns the exit code."""
+"""A single process' listen run (``listen._listen``, its signals and console bound) with a
+scaled-out part: runs a replica's options, returns the exit code."""
 
 SHARDED_SOURCES = ("librispeech", "synth")
 """Sources ``--shard-by-rank`` splits (a corpus of utterances)."""
@@ -62,16 +64,16 @@ RANK_PLACEHOLDER = "{rank}"
 """In ``--path``: replaced by each replica's rank."""
 
 
-def run(options: ListenOptions, listen: ListenPath) -> int:
+def run(options: ListenOptions, argv: list[str], listen: ListenPath) -> int:
     """Runs this process' replica under ``torchrun`` by ``listen``, or re-executes the command
-    under ``torchrun``."""
+    (``argv``, after the program's name) under ``torchrun``."""
     from online_gim.scale.group import launched
 
     check(options)
     if not launched():
         from online_gim.scale.launch import exec_torchrun
 
-        exec_torchrun(options.scale.launch, "online_gim.services.cli", sys.argv[1:])
+        exec_torchrun(options.scale.launch, "online_gim.services.cli", argv)
     from online_gim.scale.group import join, leave
 
     try:
@@ -82,10 +84,10 @@ def run(options: ListenOptions, listen: ListenPath) -> int:
         raise CliError(f"--replicas {options.scale.replicas} but the launcher started {group.world_size} processes")
     replica = Replica(group.rank, group.world_size, options.scale.average_every)
     code = listen(for_rank(options, group.rank, group.world_size), replica)
-    if replica.lost_message() is not None:  # the group cannot be left in order with a peer gone: end here
-        replica.announce()
+    if code == EXIT_PEER_LOST:  # gloo's threads still wait on the lost peer: tearing the group down would abort
         sys.stdout.flush()
-        os._exit(EXIT_PEER_LOST)
+        sys.stderr.flush()
+        os._exit(code)
     replica.watch.leave()
     leave()
     return code
@@ -134,9 +136,9 @@ def _rank_file(path: Path | None, rank: int) -> Path | None:
 
 
 class Replica:
-    """This process' part in the group: the :class:`~online_gim.scale.peers.PeerWatch` from the
-    start, and the :class:`~online_gim.scale.replicas.ReplicaAverager` once the learner is built
-    (a :class:`~online_gim.services.cli.listen.SessionExtension`)."""
+    """This process' part in the group (a :class:`~online_gim.services.cli.listen.ScaledRun`): the
+    :class:`~online_gim.scale.peers.PeerWatch` from the start, and the
+    :class:`~online_gim.scale.replicas.ReplicaAverager` once the learner is resumed."""
 
     def __init__(self, rank: int, world_size: int, average_every: int) -> None:
         from online_gim.scale.peers import PeerWatch
@@ -150,21 +152,39 @@ class Replica:
         self._announced = False
         self.watch = PeerWatch(self._peer_lost)
 
-    def attach(self, session: ListenSession, learner: OnlineLearner) -> None:
+    def learner(self, config: LearnerConfig, *, paced: bool) -> OnlineLearner:
+        from online_gim.learner import OnlineLearner
+
+        return OnlineLearner(config)
+
+    def attach(self, session: ListenSession, checkpointer: Checkpointer | None) -> None:
+        """Puts the averager first among the session's observers, so that its last round (when the
+        session closes them) comes before the checkpointer's last save; then the first round."""
         from online_gim.scale.replicas import ReplicaAverager
 
         self._session = session
-        self.averager = ReplicaAverager(learner, every=self.average_every, stop=session.stop)
-        session.add_observer(self.averager)
+        self.averager = ReplicaAverager(session.learner, every=self.average_every, stop=session.stop)
+        session.observers.insert(0, self.averager)
         if self.watch.lost is not None:
             session.stop("peer_lost")
             return
         self.averager.start()
 
-    def summary_fields(self) -> dict[str, Any]:
+    def run(self, session: ListenSession) -> ListenSummary:
+        return session.run()
+
+    def finish(self, document: dict[str, Any]) -> int | None:
+        """Adds ``replicas`` to the summary; :data:`EXIT_PEER_LOST` (after saying so) when a peer was lost."""
+        document["replicas"] = self._summary()
+        if self.lost_message() is None:
+            return None
+        self.announce()
+        return EXIT_PEER_LOST
+
+    def _summary(self) -> dict[str, Any]:
         averager = self.averager
         return {
-            "replica": self.rank,
+            "rank": self.rank,
             "replicas": self.world_size,
             "average_every": self.average_every,
             "averaging_rounds": averager.rounds if averager else 0,
