@@ -206,3 +206,14 @@ def test_listen_replicas_started_by_hand_runs_under_torchrun_and_ends_with_equal
             for name, tensor in first[part].items():
                 if "running" not in name and tensor.is_floating_point():  # running statistics stay each stream's
                     assert torch.equal(tensor, second[part][name]), (part, name)
+
+
+def test_options_a_replicated_run_cannot_work_with_are_refused_before_any_process_starts(capsys):
+    from online_gim.services.cli import main
+
+    assert main(["listen", "--replicas", "2", "--shard-by-rank", "--source", "file", "--path", "talk.wav"]) == 2
+    assert "{rank} in --path" in capsys.readouterr().err
+    assert main(["listen", "--replicas", "2", "--shard-by-rank", "--source", "mic"]) == 2
+    assert "not --source mic" in capsys.readouterr().err
+    assert main(["listen", "--replicas", "2", "--source", "synth", "--path", "talk-{rank}.wav"]) == 2
+    assert "use it with --source file" in capsys.readouterr().err

@@ -97,7 +97,10 @@ def check(options: ListenOptions) -> None:
     """Options a replicated run cannot work with (a :class:`CliError`), before any process starts."""
     source = options.source
     if options.scale.shard_by_rank and source.kind not in SHARDED_SOURCES:
-        hint = f"give each replica its own file with {RANK_PLACEHOLDER} in --path" if source.kind == "file" else "each replica reads its own machine's device"
+        hint = (
+            f"give each replica its own file with {RANK_PLACEHOLDER} in --path" if source.kind == "file"
+            else "without it each replica reads the microphone of the machine it runs on"
+        )
         raise CliError(f"--shard-by-rank splits a corpus ({', '.join(SHARDED_SOURCES)}), not --source {source.kind}: {hint}")
     if RANK_PLACEHOLDER in (source.path or "") and source.kind != "file":
         raise CliError(f"{RANK_PLACEHOLDER} in --path names each replica's file: use it with --source file")
