@@ -259,3 +259,26 @@ def test_cli_refuses_bad_input_with_one_sentence(tmp_path, capsys):
     assert main(["eval", "--corpus", str(tmp_path), "--json", str(tmp_path / "missing" / "x.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+@requires_mini
+def test_eval_probes_the_learner_a_listen_state_holds(tmp_path, tiny_presets, capsys):
+    state = tmp_path / "state"
+    assert main(["eval", "--corpus", str(MINI), "--learner-state", str(state), "--json", str(tmp_path / "x.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main([
+        "listen", "--source", "librispeech", "--root", str(MINI / "LibriSpeech"), "--speed", "max", "--max-windows", "3",
+        "--config", str(tiny_presets / "clapp_eprop.yaml"), "--no-http", "--quiet", "--state", str(state),
+    ]) == 0
+    out = tmp_path / "eval.json"
+    assert main([
+        "eval", "--corpus", str(MINI), "--learner-state", str(state), "--max-frames", "2000", "--probe-modules", "top",
+        "--train-minutes", "0.01", "--json", str(out), "--markdown", str(tmp_path / "eval.md"), "--quiet",
+    ]) == 0
+    report = json.loads(out.read_text())
+    assert list(report["methods"]) == [f"state:{state}"]  # no other method unless --methods names them
+    loaded = report["methods"][f"state:{state}"]
+    assert loaded["train_seconds_audio"] == pytest.approx(3 * 5120 / 16000)  # what the listen run learned, not --train-minutes
+    assert [m["module"] for m in loaded["per_module"]] == [4] and loaded["compute_rtf"] is None
+    assert "a `state:` learner as its `listen --state` run left it" in (tmp_path / "eval.md").read_text()
+    assert 0 < loaded["speaker_acc_frame"] <= 1

@@ -35,10 +35,12 @@ def markdown_tables(report: EvaluationReport) -> str:
     replayed = f", {replay['ratio']:g} replayed updates per window" if replay.get("ratio") else ""
     stream = corpus.get("train_stream", "the train split")
     source = "" if stream == "the train split" else f" of {', '.join(stream)}"
+    loaded = "; a `state:` learner as its `listen --state` run left it" if any(n.startswith("state:") for n in report.methods) else ""
     lines = [
         f"Linear probes, test accuracy in % ({corpus['train_utterances']} train / {corpus['test_utterances']} test "
         f"utterances, {corpus['speakers']} speakers, split: {corpus['split']}, seed {corpus['seed']}; "
-        f"each learner trained online on {corpus['train_minutes']:g} min of stream{source}{replayed}).",
+        f"each learner trained online on {corpus['train_minutes']:g} min of stream{source}{replayed}"
+        f"{loaded}).",
         "",
         "| method | BP-free | phones | phones w/o silence | speakers (frame) | speakers (utterance) "
         "| stream (min) | compute RTF | wall (s) |",

@@ -8,6 +8,9 @@ A method name resolves to one of three kinds:
   (input level, per-channel time norm) fit the audio as a trained learner's do; its weights stay at
   their initial values.
 - any other name (``trained``): the learner of ``configs/<name>.yaml``, trained online.
+- a state directory of ``online-gim listen --state DIR`` (``loaded``, :func:`state_method`): the
+  learner of its newest checkpoint, as it was (for a replica of ``listen --replicas``:
+  ``DIR/replica-<k>``); probed, not trained.
 
 The rows of METHOD.md section 6 are :data:`DEFAULT_METHODS`. Every learner gets the run's seed
 (replacing the preset's) and no online probes (they would not change the encoder, only cost time).
@@ -20,7 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from typing import TYPE_CHECKING
+
 from online_gim.config import LearnerConfig, load_config, presets_dir
+
+if TYPE_CHECKING:
+    from online_gim.learner import OnlineLearner
 
 PRESETS_DIR = presets_dir()
 """The shipped YAML presets: ``configs/`` of a checkout, the package data of an install."""
@@ -43,7 +51,7 @@ DEFAULT_METHODS = (
 )
 """METHOD.md section 6's rows that run here, in its order."""
 
-MethodKind = Literal["features", "untrained", "trained"]
+MethodKind = Literal["features", "untrained", "trained", "loaded"]
 
 
 @dataclass(frozen=True)
@@ -52,13 +60,15 @@ class Method:
 
     Attributes:
         name: the method's name (its preset's file name without ``.yaml``).
-        kind: ``features``, ``untrained`` or ``trained`` (module docstring).
+        kind: ``features``, ``untrained``, ``trained`` or ``loaded`` (module docstring).
         config: the learner's configuration (``None`` for ``features``).
+        state: ``loaded``: the state directory the learner comes from.
     """
 
     name: str
     kind: MethodKind
     config: LearnerConfig | None = None
+    state: Path | None = None
 
     @property
     def bp_free(self) -> str:
@@ -102,3 +112,40 @@ def resolve_methods(names: Sequence[str], *, seed: int, presets: Path = PRESETS_
             raise ValueError(f"{path}: the untrained method {name!r} needs mode 'greedy' (its modules are never scheduled)")
         methods.append(Method(name, kind, config))
     return methods
+
+
+def state_method(directory: Path) -> Method:
+    """The ``loaded`` method of a ``listen --state`` directory, named ``state:<directory>``.
+
+    Raises:
+        ValueError: no intact checkpoint there, or the checkpoints of another learner (video).
+    """
+    return Method(f"state:{directory}", "loaded", LearnerConfig.model_validate(_newest_learner_state(directory)["config"]), directory)
+
+
+def load_learner(method: Method) -> OnlineLearner:
+    """The learner of a ``loaded`` method's newest checkpoint.
+
+    Raises:
+        ValueError: as :func:`state_method`, or a checkpoint the learner cannot load (its message).
+    """
+    from online_gim.learner import OnlineLearner
+
+    state = _newest_learner_state(method.state)
+    learner = OnlineLearner(LearnerConfig.model_validate(state["config"]))
+    learner.load_state_dict(state)
+    return learner
+
+
+def _newest_learner_state(directory: Path) -> dict:
+    from online_gim.state.store import CheckpointError, CheckpointStore
+
+    try:
+        checkpoint = CheckpointStore(directory, readonly=True).load_newest()
+    except CheckpointError as error:
+        raise ValueError(str(error)) from None
+    if checkpoint is None:
+        raise ValueError(f"{directory} has no checkpoint yet")
+    if "learner" not in checkpoint.state:
+        raise ValueError(f"{directory} holds the video learner's checkpoints, not the audio learner's")
+    return checkpoint.state["learner"]

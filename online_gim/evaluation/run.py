@@ -14,7 +14,7 @@ import torch
 from online_gim.evaluation.cache import ResultCache, label_fingerprint, segments_fingerprint
 from online_gim.evaluation.features import Encoder, SplitFeatures, extract_features, learner_encoder, mfcc_encoder, split_labels
 from online_gim.evaluation.markdown import percent
-from online_gim.evaluation.methods import Method
+from online_gim.evaluation.methods import Method, load_learner
 from online_gim.evaluation.results import Accuracies, CurvePoint, EvaluationReport, MethodResult, ModuleAccuracy
 from online_gim.evaluation.scoring import class_accuracies, majority_accuracies, score_modules
 from online_gim.evaluation.split import CorpusSplit, Segment, split_corpus
@@ -23,6 +23,7 @@ from online_gim.learner import OnlineLearner
 from online_gim.streams.corpora.librispeech import LibriSpeechCorpus
 from online_gim.streams.progress import ProgressCallback
 from online_gim.streams.replay_config import ReplayConfig
+from online_gim.streams.window import SAMPLE_RATE
 
 Log = Callable[[str], None]
 """Receives one line of results at a time."""
@@ -131,7 +132,7 @@ class Evaluation:
     def run_method(self, method: Method) -> MethodResult:
         """Trains (if it learns), probes and times one method; a baseline comes from the cache when
         it holds it."""
-        key = self._cache_key(method) if self.cache is not None and method.kind != "trained" else None
+        key = self._cache_key(method) if self.cache is not None and method.kind in ("features", "untrained") else None
         if key is not None and (cached := self.cache.get(key)) is not None:
             self.log(f"{method.name}: {_describe(cached.top)} (from the cache)")
             return MethodResult(**{**cached.__dict__, "cached": True})
@@ -151,22 +152,15 @@ class Evaluation:
         return result
 
     def _run_learner(self, method: Method, started: float) -> MethodResult:
-        learner = OnlineLearner(method.config)
-        budget = self.settings.train_minutes * 60
         trains = method.kind == "trained"
-        curve, checkpoints = None, []
-        if trains and method.name in self.settings.curve_methods:
-            curve = _LearningCurve(self, method.name, learner)
-            checkpoints = [budget * k / self.settings.curve_points for k in range(1, self.settings.curve_points)]
-        doing = "training on" if trains else "adapting statistics to"
-        with self.progress(f"{method.name}: {doing} {budget / 60:g} min of stream", budget, "s of audio") as progress:
-            run: TrainingRun = train_online(
-                learner, self.stream, seconds=budget, seed=self.settings.seed, update=trains,
-                replay=self.settings.replay if trains else None,
-                checkpoints=checkpoints, on_checkpoint=curve.measure if curve is not None else None, progress=progress,
-            )
-        self.log(f"{method.name}: streamed {run.streamed_seconds / 60:.2f} min ({run.replayed_windows} replayed windows), "
-                 f"compute real-time factor {run.compute_rtf:.2f}")
+        curve = None
+        if method.kind == "loaded":
+            learner = load_learner(method)
+            run = TrainingRun(learner.steps * learner.config.window / SAMPLE_RATE, learner.replayed, 0.0, 0.0)
+            self.log(f"{method.name}: loaded at model step {learner.updates} ({run.streamed_seconds / 60:.2f} min of stream)")
+        else:
+            learner = OnlineLearner(method.config)
+            curve, run = self._train(method, learner)
         modules = list(range(learner.num_modules)) if self.settings.probe_modules == "all" else [learner.num_modules - 1]
         train, test = self.features(learner_encoder(learner, modules), method.name)
         self.log(f"{method.name}: fitting {3 * len(modules)} probes")
@@ -183,6 +177,26 @@ class Evaluation:
             compute_rtf=run.compute_rtf if trains else None, wall_seconds=time.perf_counter() - started,
             bp_free=method.bp_free, learning_curve=learning_curve,
         )
+
+    def _train(self, method: Method, learner: OnlineLearner) -> tuple[_LearningCurve | None, TrainingRun]:
+        """Streams the train stream through a fresh learner for the budget (updating it when the
+        method trains, else only its statistics); the learning curve when the method has one."""
+        budget = self.settings.train_minutes * 60
+        trains = method.kind == "trained"
+        curve, checkpoints = None, []
+        if trains and method.name in self.settings.curve_methods:
+            curve = _LearningCurve(self, method.name, learner)
+            checkpoints = [budget * k / self.settings.curve_points for k in range(1, self.settings.curve_points)]
+        doing = "training on" if trains else "adapting statistics to"
+        with self.progress(f"{method.name}: {doing} {budget / 60:g} min of stream", budget, "s of audio") as progress:
+            run: TrainingRun = train_online(
+                learner, self.stream, seconds=budget, seed=self.settings.seed, update=trains,
+                replay=self.settings.replay if trains else None,
+                checkpoints=checkpoints, on_checkpoint=curve.measure if curve is not None else None, progress=progress,
+            )
+        self.log(f"{method.name}: streamed {run.streamed_seconds / 60:.2f} min ({run.replayed_windows} replayed windows), "
+                 f"compute real-time factor {run.compute_rtf:.2f}")
+        return curve, run
 
     def _cache_key(self, method: Method) -> str:
         settings = self.settings

@@ -128,8 +128,11 @@ class StreamPoint:
 
 
 def replay_fingerprint(replay: LibriSpeechReplay) -> str:
-    """sha256 of what a replay position refers to: the utterance ids, the order and (shuffled) the seed."""
+    """sha256 of what a replay position refers to: the utterance ids, the order, (shuffled) the seed
+    and (sharded) the shard."""
     identity = [replay.order, replay.seed if replay.order == "shuffle" else None, [u.id for u in replay.corpus.utterances]]
+    if replay.shard is not None:
+        identity.append(list(replay.shard))
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()
 
 

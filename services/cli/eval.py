@@ -7,11 +7,13 @@ Examples::
     online-gim eval --corpus ../shared/data/librispeech-mini \\
         --labels ../shared/data/librispeech-mini/LibriSpeech100_labels_split \\
         --methods random,mfcc,clapp_eprop --train-minutes 1 --json mini.json
+    online-gim eval --corpus ../shared/data/speechocean762-dev --learner-state runs/a --json a.json
 
 For each method (a preset in ``configs/``, plus ``mfcc``): train its learner online on the train
 split streamed at maximum speed for ``--train-minutes`` of audio, freeze it, fit linear probes on
 the train split's features (phones per 10 ms frame; speakers per frame and per utterance) and
-report their test accuracy, per module too. See :mod:`online_gim.evaluation`.
+report their test accuracy, per module too; ``--learner-state DIR`` probes the learner a
+``listen --state DIR`` run saved instead of training one. See :mod:`online_gim.evaluation`.
 """
 
 from __future__ import annotations
@@ -43,8 +45,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="GIM/CPC label folder (converted_aligned_phones.txt, optional train_split.txt/test_split.txt); "
         f"default: {' or '.join(f'DIR/{name}' for name in LABEL_FOLDERS)} if present, else speakers only",
     )
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), metavar="LIST",
-                        help=f"comma-separated methods: mfcc or preset names in --presets (default: {','.join(DEFAULT_METHODS)})")
+    parser.add_argument("--methods", default=None, metavar="LIST",
+                        help=f"comma-separated methods: mfcc or preset names in --presets (default: {','.join(DEFAULT_METHODS)}; "
+                        "none with --learner-state)")
+    parser.add_argument(
+        "--learner-state", action="append", type=Path, default=[], metavar="DIR",
+        help="also probe the learner of the newest checkpoint of this `listen --state DIR` (a replica of "
+        "`listen --replicas`: DIR/replica-0), as it is, instead of training one (repeat for several; "
+        "--train-minutes does not apply to it)",
+    )
     parser.add_argument("--train-minutes", type=float, default=20.0, metavar="M",
                         help="minutes of audio each learner is trained on (default: 20)")
     parser.add_argument("--json", required=True, type=Path, metavar="OUT", help="write the results here (JSON)")
@@ -114,16 +123,20 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from online_gim.evaluation.cache import ResultCache, default_folder
     from online_gim.evaluation.markdown import markdown_tables
-    from online_gim.evaluation.methods import PRESETS_DIR, resolve_methods
+    from online_gim.evaluation.methods import DEFAULT_METHODS, PRESETS_DIR, resolve_methods, state_method
     from online_gim.evaluation.plot import plot_report
     from online_gim.evaluation.run import Evaluation, EvaluationSettings, no_progress
     from online_gim.streams.corpora.librispeech import LibriSpeechCorpus
 
     presets = args.presets or PRESETS_DIR
+    names = _names(args.methods) if args.methods is not None else ([] if args.learner_state else list(DEFAULT_METHODS))
     try:
-        methods = resolve_methods(_names(args.methods), seed=args.seed, presets=presets)
+        methods = resolve_methods(names, seed=args.seed, presets=presets) if names else []
+        methods += [state_method(directory) for directory in args.learner_state]
     except ValueError as error:
         raise CliError(str(error).replace("\n", " ")) from None
+    if not methods:
+        raise CliError("no methods given")
     try:
         corpus = LibriSpeechCorpus(args.corpus, labels)
     except (FileNotFoundError, ValueError) as error:

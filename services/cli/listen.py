@@ -31,7 +31,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from online_gim.services.cli import EXIT_PEER_LOST, CliError, listen_video, scale_options, service_options, sources
 from online_gim.services.cli import state as state_options
@@ -41,10 +41,11 @@ from online_gim.services.cli.replay_options import add_replay_arguments
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from online_gim.config import LearnerConfig
     from online_gim.learner import OnlineLearner
     from online_gim.report import StepReport
-    from online_gim.run.audio import AudioRecorder, ListenSession
-    from online_gim.services.cli.listen_pipeline import HeadRun
+    from online_gim.run.audio import AudioRecorder, ListenSession, ListenSummary
+    from online_gim.run.state import Checkpointer
     from online_gim.services.http import ServiceHandle
     from online_gim.services.live import LiveBoard
     from online_gim.services.progress import ProgressReporter
@@ -246,6 +247,12 @@ def run_listen(args: argparse.Namespace) -> int:
         try:
             if options.scale.pipeline is not None:
                 return _listen_pipeline(options, signals, console, interactive, args.argv)
+            if options.scale.replicas > 1:
+                from online_gim.services.cli import listen_replicas
+
+                return listen_replicas.run(
+                    options, args.argv, lambda replica_options, replica: _listen(replica_options, signals, console, interactive, replica)
+                )
             return _listen(options, signals, console, interactive)
         except _Interrupted as stop:
             print(f"online-gim listen: {stop} before listening started; nothing learned", file=sys.stderr)
@@ -281,11 +288,29 @@ def _listen_pipeline(options: ListenOptions, signals: _Signals, console: Console
     return code
 
 
+class ScaledRun(Protocol):
+    """What one process of a scaled-out run adds to a single process' listen run: rank 0 of a
+    pipeline (:class:`~online_gim.services.cli.listen_pipeline.HeadRun`), a replica
+    (:class:`~online_gim.services.cli.listen_replicas.Replica`)."""
+
+    def learner(self, config: LearnerConfig, *, paced: bool) -> OnlineLearner:
+        """The learner this process runs (before it is resumed)."""
+
+    def attach(self, session: ListenSession, checkpointer: Checkpointer | None) -> None:
+        """Adds what it observes to the session, once the learner is resumed and the checkpointer made."""
+
+    def run(self, session: ListenSession) -> ListenSummary:
+        """Runs the session."""
+
+    def finish(self, document: dict[str, Any]) -> int | None:
+        """Adds its entries to the summary; the exit code when a peer was lost, else ``None``."""
+
+
 def _listen(
-    options: ListenOptions, signals: _Signals, console: Console, interactive: bool, scaled: HeadRun | None = None
+    options: ListenOptions, signals: _Signals, console: Console, interactive: bool, scaled: ScaledRun | None = None
 ) -> int:
-    """One listen run; ``scaled``: rank 0 of a pipeline (its learner, checkpoint relay, run and
-    summary)."""
+    """One listen run; ``scaled``: one process of a scaled-out run (rank 0 of a pipeline, a
+    replica: its learner, observers, run and summary)."""
     run = options.run
     if options.source.kind == "video":
         document, failed = listen_video.listen_video(options, signals)

@@ -47,6 +47,8 @@ class SourceOptions:
         camera: video: a camera device instead of ``path``.
         camera_format: its FFmpeg input format.
         camera_options: FFmpeg options for opening it.
+        shard: librispeech, synth: ``(index, count)``, this replica's share of the corpus
+            (``--shard-by-rank``: set per rank by :mod:`~online_gim.services.cli.listen_replicas`).
     """
 
     kind: str
@@ -62,6 +64,7 @@ class SourceOptions:
     camera: str | None = None
     camera_format: str = "v4l2"
     camera_options: dict[str, str] = field(default_factory=dict)
+    shard: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

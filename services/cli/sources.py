@@ -55,6 +55,7 @@ def audio_source(
             return LibriSpeechReplay(
                 list(options.roots), options.labels, split=options.split, order=options.order or "sorted",
                 seed=options.seed, speed=options.speed, loop=options.loop, start=start,
+                source_id=stream_name("librispeech", options.shard), shard=options.shard,
             )
         except (OSError, ValueError) as error:
             raise CliError(str(error)) from None
@@ -67,9 +68,15 @@ def audio_source(
         return SynthSource(
             corpus_dir=options.roots[0] if options.roots else None, split=options.split,
             order=options.order or "shuffle", seed=options.seed, speed=options.speed, start=start,
+            source_id=stream_name("synth", options.shard), shard=options.shard,
         )
     except (EspeakError, OSError, ValueError) as error:
         raise CliError(f"cannot open the synthetic speech stream: {error}") from None
+
+
+def stream_name(kind: str, shard: tuple[int, int] | None) -> str:
+    """A corpus stream's ``source_id``: ``kind``, and for a shard ``kind:shard<index>of<count>``."""
+    return kind if shard is None else f"{kind}:shard{shard[0]}of{shard[1]}"
 
 
 def av_source(options: SourceOptions, video: VideoLearnerConfig) -> AVSource:

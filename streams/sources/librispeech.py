@@ -98,6 +98,9 @@ class LibriSpeechReplay(AudioSource):
         start: resume at this position (the pass's order is recomputed from ``seed`` and ``loop``).
             Every iteration over the replay starts here.
         source_id: the stream's name.
+        shard: ``(index, count)``: replay only every ``count``-th utterance of each pass's order,
+            from the ``index``-th (one replica's share of the corpus, ``listen --shard-by-rank``;
+            the shards of one seed partition every pass). ``None``: every utterance.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class LibriSpeechReplay(AudioSource):
         chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
         start: ReplayPosition | None = None,
         source_id: str = "librispeech",
+        shard: tuple[int, int] | None = None,
     ) -> None:
         if not isinstance(corpus, LibriSpeechCorpus):
             corpus = LibriSpeechCorpus(corpus, labels, split=split)
@@ -126,6 +130,10 @@ class LibriSpeechReplay(AudioSource):
             raise ValueError(f"speed must be positive or None (max), got {speed!r}")
         if chunk_samples <= 0:
             raise ValueError("chunk_samples must be positive")
+        if shard is not None and not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
+        if shard is not None and len(corpus) < shard[1]:
+            raise ValueError(f"{len(corpus)} utterances cannot be shared by {shard[1]} replicas: each needs one at least")
         self.corpus = corpus
         self.order = order
         self.seed = seed
@@ -133,6 +141,7 @@ class LibriSpeechReplay(AudioSource):
         self.loop = loop
         self.chunk_samples = chunk_samples
         self.source_id = source_id
+        self.shard = shard
         self._start = start or ReplayPosition()
         self._position = self._start
         self._files_skipped = 0
@@ -145,12 +154,15 @@ class LibriSpeechReplay(AudioSource):
 
     # ----------------------------------------------------------------- order and position
     def order_of(self, loop: int) -> list[Utterance]:
-        """The utterances in the order of pass ``loop``."""
+        """The utterances in the order of pass ``loop`` (this shard's share of them)."""
         utterances = list(self.corpus.utterances)
-        if self.order == "sorted":
-            return utterances
-        permutation = np.random.default_rng([self.seed, loop]).permutation(len(utterances))
-        return [utterances[i] for i in permutation]
+        if self.order == "shuffle":
+            permutation = np.random.default_rng([self.seed, loop]).permutation(len(utterances))
+            utterances = [utterances[i] for i in permutation]
+        if self.shard is not None:
+            index, count = self.shard
+            utterances = utterances[index::count]
+        return utterances
 
     @property
     def position(self) -> ReplayPosition:

@@ -31,6 +31,7 @@ class SynthSource(LibriSpeechReplay):
         order, seed, speed, loop, chunk_samples, start: as :class:`LibriSpeechReplay`
             (defaults: shuffled, seed 0, real time, looping).
         source_id: the stream's name (default ``"synth"``).
+        shard: one replica's share of the corpus, as :class:`LibriSpeechReplay`'s.
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class SynthSource(LibriSpeechReplay):
         chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
         start: ReplayPosition | None = None,
         source_id: str = "synth",
+        shard: tuple[int, int] | None = None,
     ) -> None:
         if corpus_dir is None:
             from online_gim.streams.corpora.synth import default_corpus
@@ -63,5 +65,6 @@ class SynthSource(LibriSpeechReplay):
             chunk_samples=chunk_samples,
             start=start,
             source_id=source_id,
+            shard=shard,
         )
         self.corpus_dir = corpus_dir
