@@ -52,6 +52,9 @@ class Kind(IntEnum):
     """a stage's final tally (to rank 0)"""
     BYE = 7
     """rank 0 to every stage: all is done, leave the group"""
+    LOST = 8
+    """a process of the run is gone (``meta``: ``(its name, what was seen)``): a stage's notice to
+    rank 0, rank 0's verdict to every stage before it leaves"""
 
 
 class Tag(IntEnum):
@@ -65,6 +68,10 @@ class Tag(IntEnum):
     """rank 0 to every stage"""
 
 
+LAST_KINDS = (Kind.END, Kind.FINAL, Kind.BYE, Kind.LOST)
+"""Kinds after which a link carries nothing more."""
+
+
 @dataclass(frozen=True)
 class Message:
     """One message: ``kind``, ``meta`` (picklable, small) and at most one float32 tensor."""
@@ -75,7 +82,15 @@ class Message:
 
 
 class PeerLost(RuntimeError):
-    """A process of the run is gone (its connection closed, or a send or receive to it failed)."""
+    """A process of the run is gone (its connection closed, or a send or receive to it failed).
+
+    Attributes:
+        peer: its name (``"stage 1 (modules 3-5, rank 1)"``); ``detail``: what was seen.
+    """
+
+    def __init__(self, peer: str, detail: str) -> None:
+        super().__init__(f"{peer}: {detail}")
+        self.peer, self.detail = peer, detail
 
 
 def send(message: Message, peer: int, tag: Tag) -> int:
@@ -122,7 +137,8 @@ class Inbox:
 
     Attributes:
         dropped: windows dropped because the consumer fell behind.
-        failure: why receiving stopped (the peer is gone), else ``None``.
+        failure: why receiving stopped (the peer is gone), else ``None``; ``failed_at``: when
+            (``time.monotonic()``).
     """
 
     def __init__(self, peer: int, tag: Tag, *, name: str, capacity: int) -> None:
@@ -131,6 +147,7 @@ class Inbox:
         self.peer, self.tag, self.name, self.capacity = peer, tag, name, capacity
         self.dropped = 0
         self.failure: str | None = None
+        self.failed_at: float | None = None
         self._queue: deque[Message] = deque()
         self._ready = threading.Condition()
         self._thread = threading.Thread(target=self._receive_loop, name=f"inbox-{name}", daemon=True)
@@ -142,7 +159,7 @@ class Inbox:
                 message = receive(self.peer, self.tag)
             except (RuntimeError, ValueError) as error:  # gloo: connection closed, timeout; group destroyed
                 with self._ready:
-                    self.failure = f"{self.name}: {_first_line(error)}"
+                    self.failure, self.failed_at = _first_line(error), time.monotonic()
                     self._ready.notify_all()
                 return
             with self._ready:
@@ -152,8 +169,13 @@ class Inbox:
                     self.dropped += 1
                 self._queue.append(message)
                 self._ready.notify_all()
-            if message.kind in (Kind.END, Kind.FINAL, Kind.BYE):
+            if message.kind in LAST_KINDS:
                 return  # the peer sends nothing after these
+
+    def poll(self) -> Message | None:
+        """The oldest message waiting, or ``None`` (never waits, never raises)."""
+        with self._ready:
+            return self._queue.popleft() if self._queue else None
 
     def get(self, timeout: float) -> Message | None:
         """The oldest message waiting, waiting at most ``timeout`` seconds; ``None`` if none came.
@@ -162,7 +184,7 @@ class Inbox:
         with self._ready:
             while not self._queue:
                 if self.failure is not None:
-                    raise PeerLost(self.failure)
+                    raise PeerLost(self.name, self.failure)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
@@ -180,7 +202,7 @@ class Outbox:
     Attributes:
         dropped: windows dropped because sending fell behind (never with ``capacity=None``).
         sent: messages sent; ``bytes_sent``: their bytes on the wire.
-        failure: why sending stopped (the peer is gone), else ``None``.
+        failure: why sending stopped (the peer is gone), else ``None``; ``failed_at``: when.
     """
 
     def __init__(self, peer: int, tag: Tag, *, name: str, capacity: int | None = None) -> None:
@@ -189,6 +211,7 @@ class Outbox:
         self.sent = 0
         self.bytes_sent = 0
         self.failure: str | None = None
+        self.failed_at: float | None = None
         self._queue: deque[Message] = deque()
         self._ready = threading.Condition()
         self._busy = False
@@ -199,7 +222,7 @@ class Outbox:
         """Queues ``message`` (never blocks). Raises :class:`PeerLost` if sending has failed."""
         with self._ready:
             if self.failure is not None:
-                raise PeerLost(self.failure)
+                raise PeerLost(self.name, self.failure)
             windows = [m for m in self._queue if m.kind == Kind.WINDOW]
             if self.capacity is not None and message.kind == Kind.WINDOW and len(windows) >= self.capacity:
                 self._queue.remove(windows[0])
@@ -214,13 +237,13 @@ class Outbox:
         with self._ready:
             while self._queue or self._busy:
                 if self.failure is not None:
-                    raise PeerLost(self.failure)
+                    raise PeerLost(self.name, self.failure)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 self._ready.wait(left)
             if self.failure is not None:
-                raise PeerLost(self.failure)
+                raise PeerLost(self.name, self.failure)
         return True
 
     def _send_loop(self) -> None:
@@ -234,7 +257,7 @@ class Outbox:
                 nbytes = send(message, self.peer, self.tag)
             except (RuntimeError, ValueError) as error:
                 with self._ready:
-                    self.failure = f"{self.name}: {_first_line(error)}"
+                    self.failure, self.failed_at = _first_line(error), time.monotonic()
                     self._busy = False
                     self._ready.notify_all()
                 return
@@ -243,7 +266,7 @@ class Outbox:
                 self.bytes_sent += nbytes
                 self._busy = False
                 self._ready.notify_all()
-            if message.kind in (Kind.END, Kind.FINAL, Kind.BYE):
+            if message.kind in LAST_KINDS:
                 return
 
 

@@ -36,7 +36,11 @@ stage saves its shard after exactly the windows before it, and says so to rank 0
 
 **Failure.** A stage that dies closes its connections; the others see it at their next receive or
 send (gloo raises at once), stop, say which stage was lost and exit with a summary
-(:class:`~online_gim.scale.channel.PeerLost`).
+(:class:`~online_gim.scale.channel.PeerLost`). As the processes that see a loss stop too, and close
+their own connections, the one lost first is named by a verdict: a stage that sees a neighbour go
+tells rank 0 (:class:`Kind.LOST`); rank 0 names the link that failed first (or the stage a notice
+named) and sends that name to every stage before it leaves; a stage whose link to rank 0 closes
+without a verdict names rank 0.
 """
 
 from __future__ import annotations
@@ -67,6 +71,13 @@ STOP_GRACE_SECONDS = 10.0
 
 FLUSH_SECONDS = 10.0
 """How long a stage waits for its last messages to be sent before it leaves."""
+
+SETTLE_SECONDS = 0.3
+"""How long rank 0, having seen a loss, waits for the other links and notices before it names the
+process lost first."""
+
+VERDICT_SECONDS = 2.0
+"""How long a stage that saw a neighbour go waits for rank 0's verdict before it names the neighbour."""
 
 FINAL_LOSS_UPDATES = 10
 """A stage's ``final_loss`` of a module: the mean of its last this-many losses (as one process')."""
@@ -210,6 +221,7 @@ class PipelineHead:
         self._pending: dict[int, deque[StageReport]] = {place.index: deque() for place in later}
         self._finals: dict[int, StageTally] = {}
         self._probes: ProbeReadout | None = None
+        self._notices: list[tuple[str, str]] = []  # LOST notices of the stages: (name, detail)
         self._ended = False
 
     # ------------------------------------------------------------------ the learner contract
@@ -251,6 +263,7 @@ class PipelineHead:
         replay (a pipeline learns each window once)."""
         if replay:
             raise ValueError("a pipeline learns each window once: replay is not supported")
+        self.check()
         if self.settings.sync or not self.settings.paced:
             limit = 1 if self.settings.sync else self.settings.queue_windows
             self._wait(lambda: self._sent - self._acknowledged < limit)
@@ -292,11 +305,35 @@ class PipelineHead:
         return [self._finals[index] for index in sorted(self._finals)]
 
     def check(self) -> None:
-        """Raises :class:`PeerLost` if any link to another stage has failed."""
+        """Raises :class:`PeerLost` naming the process lost first if any link to another stage
+        has failed or a stage has sent a notice of a loss, after sending that verdict to every
+        stage (module docstring)."""
         self._gather()
-        for link in (self._data, *self._control.values()):
-            if link.failure is not None:
-                raise PeerLost(link.failure)
+        if not self._notices and not self._failed_links():
+            return
+        settle = time.monotonic() + SETTLE_SECONDS
+        while time.monotonic() < settle:
+            time.sleep(POLL_SECONDS / 4)
+            self._gather()
+        if self._notices:
+            peer, detail = self._notices[0]
+        else:
+            first = min(self._failed_links(), key=lambda link: link.failed_at)
+            peer, detail = first.name, first.failure
+        for outbox in self._control.values():
+            try:
+                outbox.put(Message(Kind.LOST, (peer, detail)))
+            except PeerLost:
+                pass
+        for outbox in self._control.values():
+            try:
+                outbox.flush(1.0)
+            except PeerLost:
+                pass
+        raise PeerLost(peer, detail)
+
+    def _failed_links(self) -> list[Inbox | Outbox]:
+        return [link for link in (self._data, *self._control.values(), *self._reports.values()) if link.failure is not None]
 
     @property
     def windows_sent(self) -> int:
@@ -318,13 +355,13 @@ class PipelineHead:
         try:
             self._data.put(message)
         except PeerLost:
-            self.check()  # a lost stage that its own report link noticed first is named by it
+            self.check()  # names the process lost first
             raise
 
     def _gather(self) -> None:
         """Takes every message the other stages have sent so far (non-blocking)."""
         for index, inbox in self._reports.items():
-            while (message := inbox.get(timeout=0)) is not None:
+            while (message := inbox.poll()) is not None:
                 self._take(index, message)
 
     def _take(self, stage: int, message: Message) -> None:
@@ -339,6 +376,8 @@ class PipelineHead:
                 self._on_saved(stage, number, model_step)
         elif message.kind == Kind.FINAL:
             self._finals[stage] = message.meta
+        elif message.kind == Kind.LOST:
+            self._notices.append(message.meta)
 
     def _wait(self, done: Callable[[], bool], timeout: float | None = None) -> None:
         """Waits until ``done()`` while taking the other stages' messages; raises :class:`PeerLost`
@@ -350,6 +389,8 @@ class PipelineHead:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"the pipeline's stages did not finish within {timeout:.0f} s")
             for index, inbox in self._reports.items():  # block briefly on one link, then look at all
+                if inbox.failure is not None:
+                    continue
                 message = inbox.get(timeout=POLL_SECONDS / len(self._reports))
                 if message is not None:
                     self._take(index, message)
@@ -384,6 +425,7 @@ class StageWorker:
         self._losses: dict[int, deque[float]] = {m: deque(maxlen=FINAL_LOSS_UPDATES) for m in place.modules}
         self.tally = StageTally(stage=place.index, modules=f"{place.modules.start}-{place.modules.stop - 1}")
         self._stopping_since: float | None = None
+        self._bye = False
 
     def stop(self, reason: str = "stopped") -> None:
         """A signal asked this process to stop: it goes on until rank 0's end arrives (rank 0 got the
@@ -401,16 +443,43 @@ class StageWorker:
         try:
             self._loop()
             self._finish()
+        except _Verdict as verdict:
+            self.tally.error = f"lost {verdict.lost}"
         except PeerLost as lost:
-            self.tally.error = f"lost {lost}"
+            self.tally.error = f"lost {self._lost_first(lost)}"
         return self.tally
+
+    def _verdict(self) -> None:
+        """Raises :class:`_Verdict` when rank 0 has named a lost process, or is gone itself."""
+        while (message := self._control.poll()) is not None:
+            if message.kind == Kind.LOST:
+                raise _Verdict(PeerLost(*message.meta))
+            if message.kind == Kind.BYE:
+                self._bye = True
+        if self._control.failure is not None:
+            raise _Verdict(PeerLost(self._control.name, self._control.failure))
+
+    def _lost_first(self, lost: PeerLost) -> PeerLost:
+        """The process lost first, when this stage saw ``lost`` go: tells rank 0 and waits for its
+        verdict (module docstring)."""
+        try:
+            self._reports.put(Message(Kind.LOST, (lost.peer, lost.detail)))
+        except PeerLost:
+            pass
+        deadline = time.monotonic() + VERDICT_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                self._verdict()
+            except _Verdict as verdict:
+                return verdict.lost
+            time.sleep(POLL_SECONDS / 4)
+        return lost
 
     def _loop(self) -> None:
         while True:
-            if self._control.failure is not None:
-                raise PeerLost(self._control.failure)
+            self._verdict()
             if self._stopping_since is not None and time.monotonic() - self._stopping_since > STOP_GRACE_SECONDS:
-                raise PeerLost(f"{stage_places(self.settings.plan)[0].name}: no end of stream {STOP_GRACE_SECONDS:.0f} s after a stop signal")
+                raise PeerLost(stage_places(self.settings.plan)[0].name, f"no end of stream {STOP_GRACE_SECONDS:.0f} s after a stop signal")
             message = self._inbox.get(timeout=POLL_SECONDS)
             if message is None:
                 continue
@@ -463,14 +532,21 @@ class StageWorker:
         self.tally.first_loss = {str(m): _mean(v) for m, v in self._first.items()}
         self.tally.final_loss = {str(m): _mean(v) for m, v in self._losses.items()}
         self._reports.put(Message(Kind.FINAL, self.tally))
-        while True:
-            message = self._control.get(timeout=POLL_SECONDS)
-            if message is not None and message.kind == Kind.BYE:
-                break
+        while not self._bye:
+            self._verdict()
+            time.sleep(POLL_SECONDS / 4)
         for link in (self._out, self._reports):
             if link is not None:
                 link.flush(FLUSH_SECONDS)
 
+
+
+class _Verdict(Exception):
+    """Rank 0 named the process lost first (or is gone itself): ``lost``."""
+
+    def __init__(self, lost: PeerLost) -> None:
+        super().__init__(str(lost))
+        self.lost = lost
 
 
 def _mean(values: Sequence[float]) -> float | None:

@@ -291,7 +291,12 @@ def _listen_pipeline(options: ListenOptions, signals: _Signals, console: Console
 class ScaledRun(Protocol):
     """What one process of a scaled-out run adds to a single process' listen run: rank 0 of a
     pipeline (:class:`~online_gim.services.cli.listen_pipeline.HeadRun`), a replica
-    (:class:`~online_gim.services.cli.listen_replicas.Replica`)."""
+    (:class:`~online_gim.services.cli.listen_replicas.Replica`).
+
+    ``module_budget``: whether ``--schedule auto`` may update fewer modules when the stream runs ahead
+    (a replica holds the whole stack; a pipeline head only stage 0's, whose pace the stages set)."""
+
+    module_budget: bool
 
     def learner(self, config: LearnerConfig, *, paced: bool) -> OnlineLearner:
         """The learner this process runs (before it is resumed)."""
@@ -338,12 +343,13 @@ def _listen(
         config = options.learner
         paced = options.source.kind == "mic" or options.source.speed is not None  # as the session's stream will be
         learner = scaled.learner(config, paced=paced) if scaled is not None else OnlineLearner(config)
+        budget = scaled is None or scaled.module_budget
         if state is not None:
             state_options.restore(state, learner)
         session = ListenSession(
             source, learner, window=config.window, hop=options.hop, capacity=options.capacity,
-            auto_schedule=options.schedule == "auto" and scaled is None, max_seconds=run.duration, max_windows=run.max_windows,
-            schedule_name="all" if scaled is not None and options.schedule == "auto" else options.schedule,  # a pipeline has no budget
+            auto_schedule=options.schedule == "auto" and budget, max_seconds=run.duration, max_windows=run.max_windows,
+            schedule_name=options.schedule if budget or options.schedule != "auto" else "all",
             origin=state.origin if state is not None else 0, replay=options.replay,
         )
         hop = session.summary.hop

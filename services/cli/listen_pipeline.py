@@ -58,7 +58,10 @@ class HeadRun:
     """What rank 0's listen run does besides a single process': its learner is a
     :class:`~online_gim.scale.pipeline.PipelineHead`; each checkpoint it writes is also asked of
     every later stage, and the manifest names the shards; at the end it waits for the stages and adds
-    their tallies to the summary (``pipeline``)."""
+    their tallies to the summary (``pipeline``). It has no module budget: every stage updates all its
+    modules, and the slowest stage sets the pace."""
+
+    module_budget = False
 
     def __init__(self, options: ListenOptions) -> None:
         self.options = options

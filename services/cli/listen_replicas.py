@@ -143,6 +143,8 @@ class Replica:
     :class:`~online_gim.scale.peers.PeerWatch` from the start, and the
     :class:`~online_gim.scale.replicas.ReplicaAverager` once the learner is resumed."""
 
+    module_budget = True
+
     def __init__(self, rank: int, world_size: int, average_every: int) -> None:
         from online_gim.scale.peers import PeerWatch
 
