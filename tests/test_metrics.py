@@ -67,8 +67,8 @@ def test_metrics_text_parses_holds_every_name_and_only_bounded_labels():
         assert any(n == required or n.startswith(required + "_") for n in names), required
     for name, labels in samples:
         for key, label in labels:
-            assert key in {"module", "task", "le"}, (name, key)
-            if key == "module":
+            assert key in {"module", "stage", "task", "le"}, (name, key)
+            if key in ("module", "stage"):  # a stage holds modules: at most as many stages as modules
                 assert int(label) in range(len(SHAPES))
             if key == "task":
                 assert label in {"phone", "speaker"}
@@ -80,11 +80,11 @@ def test_values_follow_the_stream_and_change_over_time():
         assert value(first, "online_gim_windows_processed_total") == 5
         assert value(first, "online_gim_samples_in_total") == 5 * 20480
         assert value(first, "online_gim_model_step") == 5
-        assert value(first, "online_gim_module_loss", module=0) == pytest.approx(1 / (1 + 0.05 * 4))
-        assert value(first, "online_gim_module_loss_chance_ratio", module=3) == pytest.approx(1 / 1.2 + 0.03)
-        assert value(first, "online_gim_module_dead_unit_ratio", module=2) == pytest.approx(0.02)
+        assert value(first, "online_gim_module_loss", module=0, stage=0) == pytest.approx(1 / (1 + 0.05 * 4))
+        assert value(first, "online_gim_module_loss_chance_ratio", module=3, stage=0) == pytest.approx(1 / 1.2 + 0.03)
+        assert value(first, "online_gim_module_dead_unit_ratio", module=2, stage=0) == pytest.approx(0.02)
         assert value(first, "online_gim_update_duration_seconds_count") == 5
-        assert value(first, "online_gim_module_update_duration_seconds_count", module=5) == 5
+        assert value(first, "online_gim_module_update_duration_seconds_count", module=5, stage=0) == 5
         assert value(first, "online_gim_probe_accuracy_ratio", task="phone") == pytest.approx(0.14)
         assert value(first, "online_gim_memory_vectors", module=0) > 0
         assert value(first, "online_gim_real_time_factor") == pytest.approx((0.05 + 0.004) / 1.28)
@@ -99,7 +99,7 @@ def test_values_follow_the_stream_and_change_over_time():
     assert value(second, "online_gim_windows_skipped_total") == 1
     assert value(second, "online_gim_windows_dropped_total") == 1
     assert value(second, "online_gim_samples_dropped_total") == 20480
-    assert value(second, "online_gim_module_loss", module=0) < value(first, "online_gim_module_loss", module=0)
+    assert value(second, "online_gim_module_loss", module=0, stage=0) < value(first, "online_gim_module_loss", module=0, stage=0)
     assert value(second, "online_gim_probe_accuracy_ratio", task="speaker") > value(
         first, "online_gim_probe_accuracy_ratio", task="speaker")
     # the embeddings' mean moves by 0.1 per window: the drift against the reference grows
@@ -117,7 +117,7 @@ def test_a_live_feed_changes_the_scraped_values():
         after = scrape(handle.url)
     assert value(after, "online_gim_windows_processed_total") > value(before, "online_gim_windows_processed_total")
     assert value(after, "online_gim_samples_in_total") > value(before, "online_gim_samples_in_total")
-    assert value(after, "online_gim_module_loss", module=5) != value(before, "online_gim_module_loss", module=5)
+    assert value(after, "online_gim_module_loss", module=5, stage=0) != value(before, "online_gim_module_loss", module=5, stage=0)
 
 
 def test_boards_have_private_registries():

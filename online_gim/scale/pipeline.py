@@ -298,10 +298,14 @@ class PipelineHead:
             self._ended = True
             self._put(Message(Kind.END))
         self._wait(lambda: len(self._finals) == len(self._reports), timeout=timeout)
-        for outbox in self._control.values():
-            outbox.put(Message(Kind.BYE))
-        for outbox in self._control.values():
-            outbox.flush(timeout)
+        try:
+            for outbox in self._control.values():
+                outbox.put(Message(Kind.BYE))
+            for outbox in self._control.values():
+                outbox.flush(timeout)
+        except PeerLost:
+            self.check()  # names the process lost first
+            raise
         return [self._finals[index] for index in sorted(self._finals)]
 
     def check(self) -> None:
@@ -389,9 +393,10 @@ class PipelineHead:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"the pipeline's stages did not finish within {timeout:.0f} s")
             for index, inbox in self._reports.items():  # block briefly on one link, then look at all
-                if inbox.failure is not None:
-                    continue
-                message = inbox.get(timeout=POLL_SECONDS / len(self._reports))
+                try:
+                    message = inbox.get(timeout=POLL_SECONDS / len(self._reports))
+                except PeerLost:
+                    continue  # check() names the process lost first, and tells the stages
                 if message is not None:
                     self._take(index, message)
                     break
