@@ -227,6 +227,25 @@ def test_eval_is_deterministic_for_a_seed_and_reports_speakers_without_labels(ti
 
 
 @requires_mini
+@pytest.mark.slow
+def test_learning_curve_points_probe_a_fixed_subset_of_utterances_and_end_after_the_budget(tiny_presets):
+    corpus = LibriSpeechCorpus(MINI)
+    methods = resolve_methods(["clapp_eprop"], seed=0, presets=tiny_presets)
+    reports = {}
+    for every in (1, 2):
+        settings = EvaluationSettings(train_minutes=0.05, max_frames=3000, curve_points=2, curve_every=every)
+        evaluation = Evaluation(corpus, settings)
+        train, test = evaluation.curve_labels
+        assert train.segments == evaluation.split.train[::every] and test.segments == evaluation.split.test[::every]
+        reports[every] = evaluation.run(methods).methods["clapp_eprop"]
+    whole, subset = reports[1], reports[2]
+    assert whole.top == subset.top  # the final probe is the same whatever the curve probes
+    assert [p.minutes for p in whole.learning_curve] == [p.minutes for p in subset.learning_curve]
+    assert whole.learning_curve[-1].speaker_acc_frame == whole.top.speaker_acc_frame  # every = 1: the last point is the final probe
+    assert subset.learning_curve[-1] != whole.learning_curve[-1]  # every = 2: its own utterances, after the same stream
+
+
+@requires_mini
 def test_baselines_come_from_the_cache_until_an_input_changes(tmp_path, tiny_presets):
     labels = tmp_path / "labels"
     shutil.copytree(MINI_LABELS, labels)

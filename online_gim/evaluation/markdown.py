@@ -72,10 +72,12 @@ def markdown_tables(report: EvaluationReport) -> str:
             lines.append(f"| {module} | " + " | ".join(cells) + " |")
     lines += _class_table(report)
     curves = {name: result.learning_curve for name, result in report.methods.items() if result.learning_curve}
+    every = report.corpus.get("curve_every", 1)
+    subset = f", probed on one utterance in {every} of each split" if every > 1 else ""
     for name, curve in curves.items():
         lines += [
             "",
-            f"Learning curve of `{name}` (top module): phones / speakers per frame, in %, after each stretch of stream.",
+            f"Learning curve of `{name}` (top module{subset}): phones / speakers per frame, in %, after each stretch of stream.",
             "",
             "| stream (min) | " + " | ".join(f"{point.minutes:.2f}" for point in curve) + " |",
             "|---|" + "---|" * len(curve),

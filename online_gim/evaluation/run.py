@@ -12,7 +12,15 @@ from typing import Literal
 import torch
 
 from online_gim.evaluation.cache import ResultCache, label_fingerprint, segments_fingerprint
-from online_gim.evaluation.features import Encoder, SplitFeatures, extract_features, learner_encoder, mfcc_encoder, split_labels
+from online_gim.evaluation.features import (
+    Encoder,
+    SplitFeatures,
+    SplitLabels,
+    extract_features,
+    learner_encoder,
+    mfcc_encoder,
+    split_labels,
+)
 from online_gim.evaluation.markdown import percent
 from online_gim.evaluation.methods import Method, load_learner
 from online_gim.evaluation.results import Accuracies, CurvePoint, EvaluationReport, MethodResult, ModuleAccuracy
@@ -52,7 +60,10 @@ class EvaluationSettings:
         max_frames: frames per split kept for the frame-level probes (about; a seeded subset).
         curve_methods: methods whose learning curve (top-module probes vs minutes) is measured.
         curve_points: points on each learning curve, evenly spaced up to ``train_minutes`` (the
-            last is the final result).
+            last after the whole budget).
+        curve_every: the curve's points probe every ``curve_every``-th utterance of each split (the
+            same utterances at every point, with up to ``max_frames`` frames per split, so each
+            point costs about ``1 / curve_every`` of the final probe's encoding); 1: all of them.
         probe_modules: ``all`` modules of a learner, or only the ``top`` one (4-6 times fewer
             probes; for a quick research loop).
         replay: replayed updates per stream window of every trained learner, and their store.
@@ -63,14 +74,15 @@ class EvaluationSettings:
     max_frames: int = 50_000
     curve_methods: tuple[str, ...] = ("clapp_eprop",)
     curve_points: int = 4
+    curve_every: int = 4
     probe_modules: Literal["all", "top"] = "all"
     replay: ReplayConfig = field(default_factory=ReplayConfig)
 
     def __post_init__(self) -> None:
         if not self.train_minutes > 0:
             raise ValueError(f"train_minutes must be positive, got {self.train_minutes}")
-        if self.max_frames < 1 or self.curve_points < 1:
-            raise ValueError("max_frames and curve_points must be at least 1")
+        if self.max_frames < 1 or self.curve_points < 1 or self.curve_every < 1:
+            raise ValueError("max_frames, curve_points and curve_every must be at least 1")
         if self.probe_modules not in ("all", "top"):
             raise ValueError(f"probe_modules must be 'all' or 'top', got {self.probe_modules!r}")
 
@@ -114,12 +126,21 @@ class Evaluation:
         common = {"speakers": self.split.speakers, "max_frames": settings.max_frames}
         self.train_labels = split_labels(self.split.train, seed=settings.seed, **common)
         self.test_labels = split_labels(self.split.test, seed=settings.seed + 1, **common)
+        every = settings.curve_every
+        self.curve_labels = (  # what each point of a learning curve probes
+            split_labels(self.split.train[::every], seed=settings.seed, **common),
+            split_labels(self.split.test[::every], seed=settings.seed + 1, **common),
+        ) if every > 1 else (self.train_labels, self.test_labels)
         self.phone_names = _phone_names(corpus.labels_dir)
 
-    def features(self, encode: Encoder, name: str) -> tuple[SplitFeatures, SplitFeatures]:
-        """Train and test features of an encoder (:mod:`online_gim.evaluation.features`)."""
+    def features(
+        self, encode: Encoder, name: str, labels: tuple[SplitLabels, SplitLabels] | None = None
+    ) -> tuple[SplitFeatures, SplitFeatures]:
+        """Train and test features of an encoder (:mod:`online_gim.evaluation.features`), of the
+        splits' frames (``labels``: of other frames, such as :attr:`curve_labels`)."""
         features = []
-        for split, labels in (("train", self.train_labels), ("test", self.test_labels)):
+        train_labels, test_labels = labels or (self.train_labels, self.test_labels)
+        for split, labels in (("train", train_labels), ("test", test_labels)):
             with self.progress(f"{name}: encoding the {split} split", labels.seconds, "s of audio") as progress:
                 features.append(extract_features(labels, encode, progress=progress))
         return features[0], features[1]
@@ -169,7 +190,10 @@ class Evaluation:
         top = scores[-1]
         learning_curve = ()
         if curve is not None:
-            curve.points.append(CurvePoint(**asdict(top), minutes=run.streamed_seconds / 60))
+            if self.settings.curve_every == 1:  # the final probe is the curve's last point
+                curve.points.append(CurvePoint(**asdict(top), minutes=run.streamed_seconds / 60))
+            else:
+                curve.measure(run.streamed_seconds)
             learning_curve = tuple(curve.points)
         return MethodResult(
             top=top, phone_classes=class_accuracies(phone, self.phone_names), per_module=per_module,
@@ -237,6 +261,7 @@ class Evaluation:
             "phone_probe": _phone_probe(split),
             "max_frames_per_split": self.settings.max_frames,
             "probe_modules": self.settings.probe_modules,
+            "curve_every": self.settings.curve_every,
         }
 
 
@@ -277,7 +302,9 @@ class _LearningCurve:
     def measure(self, streamed: float) -> None:
         """Probes the top module after ``streamed`` seconds of audio."""
         top = self.learner.num_modules - 1
-        features = self.evaluation.features(learner_encoder(self.learner, [top]), f"{self.name} at {streamed / 60:.2f} min")
+        features = self.evaluation.features(
+            learner_encoder(self.learner, [top]), f"{self.name} at {streamed / 60:.2f} min", self.evaluation.curve_labels
+        )
         (accuracies,), _ = score_modules(*features, [0])
         self.points.append(CurvePoint(**asdict(accuracies), minutes=streamed / 60))
         self.evaluation.log(f"{self.name}: learning curve at {streamed / 60:.2f} min of stream: {_describe(accuracies)}")

@@ -70,6 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="methods whose learning curve is measured (default: clapp_eprop; '' for none)")
     parser.add_argument("--curve-points", type=int, default=4, metavar="N",
                         help="points per learning curve, evenly spaced over the budget (default: 4)")
+    parser.add_argument("--curve-every", type=int, default=4, metavar="K",
+                        help="the learning curve's points probe every K-th utterance of each split, the same at "
+                        "every point (default: 4; 1: the whole splits, each point as dear as the final probe)")
     parser.add_argument("--train-corpus", type=Path, default=None, metavar="DIR",
                         help="learn from all the audio of this LibriSpeech-layout tree instead of --corpus' train split "
                         "(transfer: e.g. learn on LibriSpeech, probe on another corpus)")
@@ -113,8 +116,8 @@ def run_eval(args: argparse.Namespace) -> int:
         raise CliError(f"--corpus {args.corpus} is not a folder")
     if not args.train_minutes > 0:
         raise CliError("--train-minutes must be positive")
-    if args.max_frames < 1 or args.curve_points < 1:
-        raise CliError("--max-frames and --curve-points must be at least 1")
+    if args.max_frames < 1 or args.curve_points < 1 or args.curve_every < 1:
+        raise CliError("--max-frames, --curve-points and --curve-every must be at least 1")
     if args.train_corpus is not None and not args.train_corpus.is_dir():
         raise CliError(f"--train-corpus {args.train_corpus} is not a folder")
     replay = replay_config(args)
@@ -150,7 +153,7 @@ def run_eval(args: argparse.Namespace) -> int:
             raise CliError(f"no utterances (<speaker>-<chapter>-<utt>.flac/.wav) under {args.train_corpus}")
     settings = EvaluationSettings(
         train_minutes=args.train_minutes, seed=args.seed, max_frames=args.max_frames,
-        curve_methods=tuple(_names(args.curve_methods)), curve_points=args.curve_points,
+        curve_methods=tuple(_names(args.curve_methods)), curve_points=args.curve_points, curve_every=args.curve_every,
         probe_modules=args.probe_modules, replay=replay,
     )
     log = None if args.quiet else (lambda line: print(f"online-gim eval: {line}", file=sys.stderr, flush=True))
