@@ -182,13 +182,13 @@ class OnlineLearner(StackLearner[AudioWindow | ActivationWindow]):
         stack above module 0: ``window.activations``, ``(C, T)`` with the channels of the module
         below); raises ``ValueError`` for another shape or phone labels the probes cannot use."""
         if self.first_module == 0:
-            values = window.samples
-            if not isinstance(window, AudioWindow) or values.dim() != 1 or values.shape[0] != self.config.window:
+            values = getattr(window, "samples", None)
+            if not isinstance(values, torch.Tensor) or values.dim() != 1 or values.shape[0] != self.config.window:
                 raise ValueError(f"window must be ({self.config.window},) samples, got {_shape_of(window)}")
         else:
-            values = window.activations
+            values = getattr(window, "activations", None)
             channels = self.config.encoder.convs[self.first_module - 1].channels
-            if not isinstance(window, ActivationWindow) or values.dim() != 2 or values.shape[0] != channels:
+            if not isinstance(values, torch.Tensor) or values.dim() != 2 or values.shape[0] != channels:
                 raise ValueError(f"window must hold ({channels}, T) activations of module {self.first_module - 1}, got {_shape_of(window)}")
         if self.probes is not None:
             self.probes.check(window)

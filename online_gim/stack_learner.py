@@ -123,12 +123,17 @@ class StackLearner(Generic[W]):
             self.replayed += 1
         else:
             self.steps += 1
-        scheduled = {index - self.first_module for index in self._schedule.choose(modules)} & set(range(len(self.stages)))
-        outcome = self._guard.run(values, lambda: self._learn_guarded(window, scheduled, started, replay))
+        outcome = self._guard.run(values, lambda: self._learn_guarded(window, self._scheduled(modules), started, replay))
         if not isinstance(outcome, SkipReason):
             return outcome
         self.windows_skipped_nonfinite += 1
         return self._report(window, [], [], started, skip=outcome, replay=replay)
+
+    def _scheduled(self, modules: Sequence[int] | None) -> set[int]:
+        """The modules to update this window, as indices into :attr:`stages`: the schedule chooses
+        among the whole stack's (``modules`` overrides it), this learner updates those it holds.
+        Asked only of a window that passed the level check (a skipped window takes no turn)."""
+        return {index - self.first_module for index in self._schedule.choose(modules)} & set(range(len(self.stages)))
 
     def _window_values(self, window: W) -> torch.Tensor:
         """The window's data (samples, frames), checked. Raises ``ValueError`` for a wrong shape."""

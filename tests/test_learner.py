@@ -170,3 +170,39 @@ def test_embed_matches_the_stack_and_changes_no_state() -> None:
     assert outputs[2].shape[0] == outputs[3].shape[0] == 16000 // 40
     for key, value in learner.stages[0].module.state_dict().items():
         assert torch.equal(value, state[key])
+
+
+def test_parts_of_the_stack_learn_what_the_whole_stack_learns() -> None:
+    """Two learners each holding a part of the stack (a pipeline's stages, in one process), the
+    upper one fed the lower one's top output, end with the whole stack's weights: every module has
+    its own generators, and nothing flows back."""
+    from online_gim.stage_window import ActivationWindow
+
+    config = small_config(probes={})
+    whole, lower, upper = OnlineLearner(config), OnlineLearner(config, range(0, 2)), OnlineLearner(config, range(2, 4))
+    assert (lower.num_modules, upper.num_modules, list(upper.module_indices)) == (2, 2, [2, 3])
+    for window in _windows(config, 4):
+        expected = whole.step(window)
+        below = lower.step(window)
+        above = upper.step(ActivationWindow.above(window, below.embeddings[-1].T.contiguous()))
+        assert [m.module for m in below.modules + above.modules] == [0, 1, 2, 3]
+        assert [m.loss for m in below.modules + above.modules] == [m.loss for m in expected.modules]
+    parts = [p for learner in (lower, upper) for module in learner.module_parameters() for p in module]
+    for mine, theirs in zip(parts, [p for module in whole.module_parameters() for p in module], strict=True):
+        assert torch.equal(mine, theirs)
+    assert upper.probe_readout() is not None and lower.probe_readout() is None  # the probes read the top module
+    with pytest.raises(ValueError, match="holds modules 0-1 of the stack, this learner modules 2-3"):
+        upper.load_state_dict(lower.state_dict())
+
+
+def test_a_part_of_the_stack_refuses_what_it_cannot_hold_or_learn() -> None:
+    config = small_config()
+    with pytest.raises(ValueError, match="both or neither"):
+        OnlineLearner(config, range(0, 3))  # the GRU (3) left without the top conv module (2)
+    with pytest.raises(ValueError, match="contiguous range"):
+        OnlineLearner(config, range(2, 6))
+    with pytest.raises(ValueError, match="cannot be split"):
+        OnlineLearner(small_config(mode="e2e", encoder=EncoderConfig(convs=SMALL_CONVS, gru="bptt", gru_hidden=16)), range(0, 2))
+    upper = OnlineLearner(config, range(2, 4))
+    with pytest.raises(ValueError, match="activations of module 1"):
+        upper.step(_windows(config, 1)[0])  # audio, where the part above module 0 needs activations

@@ -138,14 +138,6 @@ def load_learner(method: Method) -> OnlineLearner:
 
 
 def _newest_learner_state(directory: Path) -> dict:
-    from online_gim.state.store import CheckpointError, CheckpointStore
+    from online_gim.run.audio_state import AUDIO_LAYOUT, newest_learner_checkpoint
 
-    try:
-        checkpoint = CheckpointStore(directory, readonly=True).load_newest()
-    except CheckpointError as error:
-        raise ValueError(str(error)) from None
-    if checkpoint is None:
-        raise ValueError(f"{directory} has no checkpoint yet")
-    if "learner" not in checkpoint.state:
-        raise ValueError(f"{directory} holds the video learner's checkpoints, not the audio learner's")
-    return checkpoint.state["learner"]
+    return newest_learner_checkpoint(directory).state[AUDIO_LAYOUT.learner]

@@ -40,6 +40,7 @@ from typing import Any
 
 from online_gim.run.contract import StreamLearner
 from online_gim.run.state import Checkpointer, RunState, StateLayout
+from online_gim.state.store import Checkpoint
 from online_gim.streams.sources.librispeech import LibriSpeechReplay, ReplayPosition
 from online_gim.streams.window import SAMPLE_RATE, AudioWindow
 
@@ -154,6 +155,23 @@ AUDIO_LAYOUT = StateLayout(
     learner="learner", stream="stream", totals="listen", point_from=StreamPoint.from_dict, totals_type=ListenTotals,
     other_learners={"video_learner": "--source video"},
 )
+
+
+def newest_learner_checkpoint(directory: Path) -> Checkpoint:
+    """The newest intact checkpoint of the audio learner in a state directory, read-only (``export``,
+    ``eval --learner-state``). Raises ``ValueError``: no checkpoint yet, an unusable directory, or the
+    video learner's checkpoints."""
+    from online_gim.state.store import CheckpointError, CheckpointStore
+
+    try:
+        checkpoint = CheckpointStore(directory, readonly=True).load_newest()
+    except CheckpointError as error:
+        raise ValueError(str(error)) from None
+    if checkpoint is None:
+        raise ValueError(f"{directory} has no checkpoint yet")
+    if AUDIO_LAYOUT.learner not in checkpoint.state:
+        raise ValueError(f"{directory} holds the video learner's checkpoints, not the audio learner's")
+    return checkpoint
 
 
 class ListenState(RunState):

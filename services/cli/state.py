@@ -170,17 +170,13 @@ def not_saved(options: StateOptions | None, document: dict) -> int | None:
 
 def run_export(args: argparse.Namespace) -> int:
     from online_gim.finite import NonFiniteState
+    from online_gim.run.audio_state import newest_learner_checkpoint
     from online_gim.state.export import export_encoder
-    from online_gim.state.store import CheckpointError, CheckpointStore
 
     try:
-        checkpoint = CheckpointStore(args.state, readonly=True).load_newest()
-    except CheckpointError as error:
+        checkpoint = newest_learner_checkpoint(args.state)
+    except ValueError as error:
         raise CliError(str(error)) from None
-    if checkpoint is None:
-        raise CliError(f"{args.state} has no checkpoint yet")
-    if "learner" not in checkpoint.state:
-        raise CliError(f"{args.state} holds the video learner's checkpoints: export writes the audio encoder")
     try:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         export_encoder(checkpoint.state["learner"], args.out)
