@@ -274,7 +274,7 @@ class PipelineHead:
             if self.settings.sync:
                 self._wait(lambda: self._acknowledged >= self._sent)
         self._gather()
-        remote = [pending.popleft() for pending in self._pending.values() if pending]
+        remote = [pending[-1] for pending in self._pending.values() if pending]  # each stage's newest
         for pending in self._pending.values():
             pending.clear()  # older reports of a stage are superseded by its newest (counted in its tally)
         for stage_report in remote:

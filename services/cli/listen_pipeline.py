@@ -159,7 +159,12 @@ class _CheckpointRelay:
             self.head.request_checkpoint(self._written)
 
     def close(self) -> None:
-        self.on_step(None, None)  # the checkpointer saved once more when it closed (it closes first)
+        from online_gim.scale.channel import PeerLost
+
+        try:
+            self.on_step(None, None)  # the checkpointer saved once more when it closed (it closes first)
+        except PeerLost:
+            pass  # a lost stage: the head's finish names it; the observers after this one still close
 
 
 def run_stage(options: ListenOptions, signals: Any) -> int:
