@@ -16,6 +16,7 @@ lost, and writes its summary).
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,6 +112,7 @@ class HeadRun:
 
         head = self.head
         tallies: list[StageTally] = []
+        drain_started = time.monotonic()
         if self.failure is None:
             try:
                 tallies = head.finish(FINISH_SECONDS)
@@ -132,6 +134,7 @@ class HeadRun:
                 *[{k: v for k, v in vars(t).items() if k != "bytes_received"} for t in tallies],
             ],
             "windows_sent": windows,
+            "drain_seconds": time.monotonic() - drain_started,
             "bytes_per_window": head.bytes_sent / windows if windows else None,
             "error": self.failure,
         }
