@@ -174,7 +174,6 @@ class StageTally:
     compute_seconds: float = 0.0
     model_step: int = 0
     checkpoints_written: int = 0
-    bytes_received: int = 0
     first_loss: dict[str, float | None] = field(default_factory=dict)
     final_loss: dict[str, float | None] = field(default_factory=dict)
     error: str | None = None
@@ -498,7 +497,6 @@ class StageWorker:
     def _learn(self, message: Message) -> None:
         meta: WindowMeta = message.meta
         window = meta.window(message.tensor)
-        self.tally.bytes_received += message.tensor.numel() * 4
         report = self.learner.step(window)
         tally = self.tally
         tally.windows_processed += 1

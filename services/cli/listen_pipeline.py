@@ -131,7 +131,7 @@ class HeadRun:
                  "windows_processed": document["windows_processed"], "windows_dropped": document["windows_dropped"],
                  "windows_unsent": head.windows_unsent,
                  "compute_seconds": document["compute_seconds"], "model_step": document["model_step"]},
-                *[{k: v for k, v in vars(t).items() if k != "bytes_received"} for t in tallies],
+                *[vars(t) for t in tallies],
             ],
             "windows_sent": windows,
             "drain_seconds": time.monotonic() - drain_started,
