@@ -132,19 +132,21 @@ def clapp_hinge(
         generator: draws the positive/negative choice.
     Returns:
         The loss is the sum of the applied hinge values over the ``S*K`` terms, divided by ``S*K``.
+        Without ``both`` only the chosen term's score is computed (one product per term, not two).
     """
-    u_pos = (pred * positives).sum(-1)
-    u_neg = (pred * negatives).sum(-1)
-    hinge_pos = torch.relu(1 - u_pos)
-    hinge_neg = torch.relu(1 + u_neg)
     if both:
+        hinge_pos = torch.relu(1 - (pred * positives).sum(-1))
+        hinge_neg = torch.relu(1 + (pred * negatives).sum(-1))
         loss = hinge_pos.mean() + hinge_neg.mean()
         applied_pos, applied_neg = hinge_pos, hinge_neg
         chance = 2.0
     else:
-        choose_pos = torch.rand(u_pos.shape, generator=generator) < 0.5
-        loss = torch.where(choose_pos, hinge_pos, hinge_neg).mean()
-        applied_pos, applied_neg = hinge_pos[choose_pos], hinge_neg[~choose_pos]
+        choose_pos = torch.rand(pred.shape[:-1], generator=generator) < 0.5
+        scored = torch.where(choose_pos[..., None], positives, negatives)
+        sign = torch.where(choose_pos, -1.0, 1.0)  # 1 - u for a positive, 1 + u for a negative
+        hinge = torch.relu(1 + sign * (pred * scored).sum(-1))
+        loss = hinge.mean()
+        applied_pos, applied_neg = hinge[choose_pos], hinge[~choose_pos]
         chance = 1.0
     applied = torch.cat([applied_pos.detach().reshape(-1), applied_neg.detach().reshape(-1)])
     return LossParts(
