@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from online_gim.report import SkipReason
 
@@ -14,6 +13,18 @@ _VARIANCE_FLOOR = 1e-6
 
 FLOAT32_MAX = torch.finfo(torch.float32).max
 """The largest float32 (about 3.4e38): the learner's arithmetic is float32."""
+
+
+def centred_mean_square(samples: torch.Tensor, half: int) -> torch.Tensor:
+    """``(n,)`` samples -> ``(n,)`` mean of their squares over ``[i - half, i + half]`` (cut at the
+    ends: fewer samples there), from one running sum in float64: ``O(n)`` whatever ``half`` (a
+    sliding pool costs ``O(n * half)``)."""
+    n = samples.shape[0]
+    running = torch.zeros(n + 1, dtype=torch.float64)
+    torch.cumsum(samples.to(torch.float64).square(), dim=0, out=running[1:])
+    index = torch.arange(n)
+    first, stop = (index - half).clamp_(min=0), (index + half + 1).clamp_(max=n)
+    return ((running[stop] - running[first]) / (stop - first)).to(samples.dtype)
 
 
 class InputNormalizer:
@@ -29,16 +40,23 @@ class InputNormalizer:
     that brings quiet consonants to the level of loud vowels, as the log of a filterbank does for
     MFCCs, while stretches quieter than the floor (silence) stay quiet.
 
+    With ``pre_emphasis`` ``a > 0``, the standardised samples of each call are first high-passed,
+    ``y[n] = x[n] - a * x[n-1]`` (``y[0] = x[0]``: no state is carried between windows).
+
     Parameters:
         momentum: weight of the newest window, in (0, 1].
         local_samples: length of the local RMS stretch, in samples; ``None``: no local gain.
         local_floor: smallest local RMS divided by, relative to the stream's RMS.
+        pre_emphasis: the high-pass coefficient ``a`` in [0, 1); 0: none.
     """
 
-    def __init__(self, *, momentum: float, local_samples: int | None = None, local_floor: float = 0.1) -> None:
+    def __init__(
+        self, *, momentum: float, local_samples: int | None = None, local_floor: float = 0.1, pre_emphasis: float = 0.0
+    ) -> None:
         self.momentum = momentum
         self.local_samples = local_samples
         self.local_floor = local_floor
+        self.pre_emphasis = pre_emphasis
         self._reset()
 
     def _reset(self) -> None:
@@ -84,10 +102,11 @@ class InputNormalizer:
     def apply(self, samples: torch.Tensor) -> torch.Tensor:
         """Normalises ``(n,)`` samples with the current statistics (no update)."""
         standard = (samples - self.mean) * torch.rsqrt(torch.clamp(self.var, min=_VARIANCE_FLOOR))
+        if self.pre_emphasis > 0 and standard.numel() > 1:
+            standard = torch.cat([standard[:1], standard[1:] - self.pre_emphasis * standard[:-1]])
         if self.local_samples is None:
             return standard
-        half = self.local_samples // 2
-        power = F.avg_pool1d(standard[None, None] ** 2, 2 * half + 1, stride=1, padding=half, count_include_pad=False)[0, 0]
+        power = centred_mean_square(standard, self.local_samples // 2)
         return standard * torch.rsqrt(power + self.local_floor**2)
 
     def state_dict(self) -> dict[str, object]:
