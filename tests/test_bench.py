@@ -200,7 +200,7 @@ def test_cli_reports_the_learners_real_time_factor_in_a_real_listen_run(result, 
     finally:
         torch.set_num_threads(threads)
     data = json.loads(capsys.readouterr().out)
-    assert data["rtf_learn_listen"] > 0
+    assert data["rtf_learn_listen"] > 0 and data["rtf_learn_listen_mean"] > 0
     assert data["rtf_ratio_listen_over_bench"] == pytest.approx(data["rtf_learn_listen"] / data["rtf_learn"])
     assert main(["bench", "--reference", str(root)]) == 2  # no GreedyInfoMax package there
     assert "holds no GreedyInfoMax package" in capsys.readouterr().err

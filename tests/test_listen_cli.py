@@ -72,6 +72,7 @@ def test_replay_at_max_speed_processes_every_sample_exactly_once(small_config, t
     assert set(summary["final_loss"]) == {str(m) for m in range(6)}
     assert all(math.isfinite(loss) for loss in summary["final_loss"].values())
     assert 0 < summary["real_time_factor"] and summary["wall_seconds"] > 0
+    assert 0 < summary["step_seconds_median"] <= summary["compute_seconds"]
     assert 0 <= summary["probe_phone_accuracy"] <= 1 and 0 <= summary["probe_speaker_accuracy"] <= 1
     heard, rate = sf.read(tmp_path / "heard.wav", dtype="float32")
     assert rate == 16_000

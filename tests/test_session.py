@@ -10,7 +10,7 @@ from __future__ import annotations
 import doctest
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -18,7 +18,7 @@ import online_gim.run.schedule
 from online_gim.report import ModuleReport, SkipReason, StepReport
 from online_gim.run.replay_schedule import ReplaySchedule
 from online_gim.run.schedule import ModuleBudget
-from online_gim.run.session import Backlog, Replay, Session
+from online_gim.run.session import RECENT_STEPS, Backlog, Replay, Session
 
 MODULES = 3
 
@@ -127,6 +127,22 @@ def test_every_window_reaches_the_learner_and_every_observer_and_the_tally_adds_
     # module m's final loss: the mean over its last 10 updates (steps 5..14; step 4 was skipped)
     assert tally.final_loss == {str(m): pytest.approx(sum(range(5, 15)) / 10 + m) for m in range(MODULES)}
     assert tally.module_updates_skipped_fraction == 0.0 and tally.replayed_windows == 0
+
+
+class StallingLearner(Learner):
+    """:class:`Learner` whose third window takes 5 s instead of 0.25 s."""
+
+    def step(self, window: Window, modules: Sequence[int] | None = None, *, replay: bool = False) -> StepReport:
+        report = super().step(window, modules, replay=replay)
+        return replace(report, seconds=5.0) if self.steps == 3 else report
+
+
+def test_the_median_step_time_is_not_moved_by_one_stalled_window_and_keeps_the_newest():
+    tally = Session(Stream(windows(9)), StallingLearner()).run()
+    assert tally.compute_seconds == pytest.approx(8 * 0.25 + 5.0)
+    assert tally.step_seconds_median == 0.25
+    assert tally.recent_step_seconds.maxlen == RECENT_STEPS
+    assert Session(Stream([]), Learner()).run().step_seconds_median is None
 
 
 def test_a_session_stops_at_max_windows_on_request_and_on_a_source_error():

@@ -200,7 +200,8 @@ class ListenSummary:
 
     Counts are in windows and in samples at 16 kHz; times in seconds. ``real_time_factor`` is the
     learner's compute time per second of stream it advanced over (``windows_processed * hop``):
-    below 1 it keeps up with a live source. ``replayed_windows``: replayed updates (``--replay``);
+    below 1 it keeps up with a live source; ``step_seconds_median``: the median learning seconds
+    of a live window (over the last 4096). ``replayed_windows``: replayed updates (``--replay``);
     ``replayed_per_window`` their number per live window; ``compute_rtf``: all compute, replays
     included, per second of stream. ``final_loss`` maps each module to the mean of its loss
     over its last 10 updates (``None`` if it never updated). ``probe_*_accuracy``: the online
@@ -229,6 +230,7 @@ class ListenSummary:
     wall_seconds: float = 0.0
     compute_seconds: float = 0.0
     real_time_factor: float | None = None
+    step_seconds_median: float | None = None
     replayed_windows: int = 0
     replayed_per_window: float = 0.0
     replay_compute_seconds: float = 0.0
@@ -338,6 +340,7 @@ class ListenSession(Session[AudioWindow]):
         summary.seconds_of_audio = counters.samples_in / SAMPLE_RATE
         advanced = summary.windows_processed * summary.hop / SAMPLE_RATE
         summary.real_time_factor = summary.compute_seconds / advanced if advanced else None
+        summary.step_seconds_median = tally.step_seconds_median
         summary.compute_rtf = (summary.compute_seconds + summary.replay_compute_seconds) / advanced if advanced else None
         summary.replayed_per_window = summary.replayed_windows / summary.windows_processed if summary.windows_processed else 0.0
         if tally.probes is not None:

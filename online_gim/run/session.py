@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import threading
 import time
 from collections import deque
@@ -46,6 +47,9 @@ W = TypeVar("W", bound=StreamWindow)
 
 FINAL_LOSS_UPDATES = 10
 """``final_loss`` of a module is the mean of its losses over its last this-many updates."""
+
+RECENT_STEPS = 4096
+"""Live windows whose learning seconds ``RunTally.step_seconds_median`` is taken over (the last ones)."""
 
 READ_TIMEOUT_SECONDS = 0.2
 """How long one read waits for a window before the loop looks at :meth:`Session.stop` again."""
@@ -124,7 +128,9 @@ class RunTally:
     Counts are in windows, times in seconds. ``final_loss`` maps each module to the mean of its loss
     over its last :data:`FINAL_LOSS_UPDATES` updates (``None`` if it never updated);
     ``module_updates_skipped_fraction`` is the share of module updates the schedules left out;
-    ``probes`` is the newest readout of the learner's online probes (``None`` without probes).
+    ``probes`` is the newest readout of the learner's online probes (``None`` without probes);
+    ``recent_step_seconds`` holds the learning seconds of the last :data:`RECENT_STEPS` live
+    windows (for a median that one stalled window does not move).
     """
 
     stop_reason: str = "running"
@@ -140,6 +146,13 @@ class RunTally:
     module_updates_skipped_fraction: float = 0.0
     final_loss: dict[str, float | None] = field(default_factory=dict)
     probes: ProbeReadout | None = None
+    recent_step_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_STEPS))
+
+    @property
+    def step_seconds_median(self) -> float | None:
+        """Median learning seconds of a live window over the last :data:`RECENT_STEPS` (``None``
+        before the first)."""
+        return statistics.median(self.recent_step_seconds) if self.recent_step_seconds else None
 
 
 class Session(Generic[W]):
@@ -273,6 +286,7 @@ class Session(Generic[W]):
         tally = self.tally
         tally.windows_processed += 1
         tally.compute_seconds += report.seconds
+        tally.recent_step_seconds.append(report.seconds)
         tally.model_step = report.updates
         if report.skipped_nonfinite:
             tally.windows_skipped_nonfinite += 1

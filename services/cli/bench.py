@@ -87,7 +87,9 @@ def run_bench_command(args: argparse.Namespace) -> int:
     print("online-gim bench: measuring (about 35 s on two idle cores, minutes on a busy machine) ...", file=sys.stderr)
     result = run_bench(config, timed_windows=args.windows, reference=args.reference).to_dict()
     if args.listen_root is not None:
-        result["rtf_learn_listen"] = listen_rtf(args.listen_root, args.listen_windows, args.config, torch.get_num_threads())
+        result["rtf_learn_listen"], result["rtf_learn_listen_mean"] = listen_rtf(
+            args.listen_root, args.listen_windows, args.config, torch.get_num_threads()
+        )
         result["rtf_ratio_listen_over_bench"] = result["rtf_learn_listen"] / result["rtf_learn"]
     if args.pipeline_windows:
         from online_gim.scale.bench import pipeline_bench
@@ -103,12 +105,12 @@ def run_bench_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def listen_rtf(root: Path, windows: int, config: Path | None, threads: int) -> float:
+def listen_rtf(root: Path, windows: int, config: Path | None, threads: int) -> tuple[float, float]:
     """The learner's real-time factor in a real ``online-gim listen --source librispeech --speed max``
-    run of ``windows`` windows over ``root`` (a fresh process, ``threads`` torch threads): its
-    summary's ``compute_seconds`` (the learner's ``step`` time, every window) over the audio of the
-    windows it learned. A mean, where ``rtf_learn`` is a median; the first windows (memories still
-    filling) weigh little in a run of tens of windows.
+    run of ``windows`` windows over ``root`` (a fresh process, ``threads`` torch threads): the
+    median of its ``step`` seconds per window (its summary's ``step_seconds_median``, the
+    statistic of ``rtf_learn``) and the mean (``compute_seconds`` over every window, the first
+    ones included), each over the seconds of audio of a window.
 
     Raises:
         CliError: the listen run failed.
@@ -126,7 +128,7 @@ def listen_rtf(root: Path, windows: int, config: Path | None, threads: int) -> f
             raise CliError(f"the listen run for rtf_learn_listen failed: {done.stderr.strip()[-500:]}")
         run = json.loads(summary.read_text())
     window_seconds = (load_config(config) if config is not None else LearnerConfig()).window / 16000
-    return run["compute_seconds"] / (run["windows_processed"] * window_seconds)
+    return run["step_seconds_median"] / window_seconds, run["compute_seconds"] / (run["windows_processed"] * window_seconds)
 
 
 def _print_table(result: dict[str, object]) -> None:
