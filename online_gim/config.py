@@ -36,6 +36,10 @@ GIM_AUDIO_CONVS: tuple[ConvLayerConfig, ...] = tuple(
 """The GIM/CLAPP audio stack (GIM thesis Table A1): total stride 160 samples = 10 ms frames."""
 
 
+Norm = Literal["window", "time", "frame", "none"]
+"""A conv module's normalisation (:class:`~online_gim.conv.ConvModule`)."""
+
+
 class EncoderConfig(_Strict):
     """The stack of gradient-isolated modules.
 
@@ -60,6 +64,10 @@ class EncoderConfig(_Strict):
             with 0.32 s windows (32 frames at the top) a small learner's online phone probe stayed
             near the majority class where ``time`` norm learned (likely because the means of so
             few frames carry the phones being spoken); use ``time`` for short windows.
+        norm_per_module: one norm per conv module, bottom to top, instead of ``norm`` for all
+            (e.g. ``[window, window, window, time, time]``: the lower modules see each window's
+            variation only, the upper ones keep the level and long-term spectrum); ``None``
+            (default): ``norm`` everywhere.
         norm_momentum: weight of the newest window in the running statistics of ``time`` norm.
         eprop_chunk: steps per chunk of the e-prop trace update (memory ``O(chunk * width)``).
     """
@@ -67,9 +75,22 @@ class EncoderConfig(_Strict):
     convs: tuple[ConvLayerConfig, ...] = GIM_AUDIO_CONVS
     gru: Literal["eprop", "bptt", "none"] = "eprop"
     gru_hidden: int = Field(default=256, gt=0)
-    norm: Literal["window", "time", "frame", "none"] = "window"
+    norm: Norm = "window"
+    norm_per_module: tuple[Norm, ...] | None = None
     norm_momentum: float = Field(default=0.05, gt=0, le=1)
     eprop_chunk: int = Field(default=32, gt=0)
+
+    @model_validator(mode="after")
+    def _check_norms(self) -> EncoderConfig:
+        if self.norm_per_module is not None and len(self.norm_per_module) != len(self.convs):
+            raise ValueError(
+                f"norm_per_module names {len(self.norm_per_module)} norms for {len(self.convs)} conv modules"
+            )
+        return self
+
+    def module_norm(self, index: int) -> Norm:
+        """The norm of conv module ``index`` (0 = the lowest)."""
+        return self.norm if self.norm_per_module is None else self.norm_per_module[index]
 
     @property
     def total_stride(self) -> int:
@@ -120,7 +141,9 @@ class MemoryConfig(_Strict):
             never negatives (they are its true neighbours); default: ``prediction_steps``.
         window_negatives: share of the negatives drawn from the current window's own frames
             (outside the anchor's exclusion zone) instead of the memory: 0 = memory only, 1 = the
-            window only (``LocalObjective``). Not with ``policy: hard``.
+            window only (``LocalObjective``); ignored with ``policy: hard``. Default 0.5: on real
+            speech, with ``input_gain: local``, it lifted the top module's probes in two seeds
+            (docs/eval/real-speech.md, question 8).
     """
 
     capacity: int = Field(default=2048, gt=0)
@@ -129,7 +152,7 @@ class MemoryConfig(_Strict):
     hard_pool: int = Field(default=16, gt=0)
     max_age_updates: int = Field(default=200, gt=0)
     exclusion_frames: int | None = Field(default=None, ge=0)
-    window_negatives: float = Field(default=0.0, ge=0, le=1)
+    window_negatives: float = Field(default=0.5, ge=0, le=1)
 
 
 class OptimConfig(_Strict):
@@ -184,7 +207,12 @@ class LearnerConfig(_Strict):
         input_gain: ``stream``: samples standardised by the running input statistics only;
             ``local``: then divided by their local RMS over ``input_gain_ms`` (floored at
             ``input_gain_floor`` of the stream's RMS), an automatic gain control
-            (:class:`~online_gim.input_norm.InputNormalizer`).
+            (:class:`~online_gim.input_norm.InputNormalizer`). Default ``local`` (with
+            ``memory.window_negatives`` 0.5; docs/eval/real-speech.md, question 8).
+        pre_emphasis: coefficient ``a`` of a first-order high-pass applied to the standardised
+            samples of each window, ``y[n] = x[n] - a * x[n-1]`` (MFCC front-ends use 0.97: it
+            flattens speech's falling spectrum, so that formants and fricatives weigh as much as
+            the strong low frequencies); 0 (default): none.
         seed: seeds initialisation, negative sampling and schedules.
         probes: the online phone and speaker probes; ``None``: no probes.
         precision: the number type of the convolutions and of the prediction heads' products
@@ -198,9 +226,10 @@ class LearnerConfig(_Strict):
     mode: Literal["greedy", "e2e"] = "greedy"
     schedule: Literal["all", "random", "round_robin"] = "all"
     input_momentum: float = Field(default=0.01, gt=0, le=1)
-    input_gain: Literal["stream", "local"] = "stream"
+    input_gain: Literal["stream", "local"] = "local"
     input_gain_ms: float = Field(default=20.0, gt=0)
     input_gain_floor: float = Field(default=0.1, gt=0)
+    pre_emphasis: float = Field(default=0.0, ge=0, lt=1)
     seed: int = 0
     encoder: EncoderConfig = EncoderConfig()
     loss: LossConfig = LossConfig()

@@ -96,13 +96,15 @@ class OnlineLearner(StackLearner[AudioWindow | ActivationWindow]):
             momentum=config.input_momentum,
             local_samples=round(config.input_gain_ms * 16) if config.input_gain == "local" else None,
             local_floor=config.input_gain_floor,
+            pre_emphasis=config.pre_emphasis,
         )
         self.product_dtype = product_dtype(config.precision)
         self._convs = len(config.encoder.convs)  # stages[:_convs] are conv modules, a GRU (if any) is last
         in_channels, stride = 1, 1
         for index, layer in enumerate(config.encoder.convs):
             module = ConvModule(
-                in_channels, layer, norm=config.encoder.norm, momentum=config.encoder.norm_momentum, product_dtype=self.product_dtype
+                in_channels, layer, norm=config.encoder.module_norm(index), momentum=config.encoder.norm_momentum,
+                product_dtype=self.product_dtype,
             )
             stride *= layer.stride
             memory = NegativeMemory(

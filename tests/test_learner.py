@@ -105,6 +105,14 @@ def test_wrong_window_length_is_a_clear_error() -> None:
         learner.step(AudioWindow(torch.zeros(1000)))
 
 
+def test_each_conv_module_gets_its_configured_norm() -> None:
+    learner = OnlineLearner(small_config(encoder=EncoderConfig(convs=SMALL_CONVS, norm_per_module=("time", "window", "none"))))
+    assert [stage.module.norm for stage in learner.stages[:3]] == ["time", "window", "none"]
+    assert [stage.module.norm for stage in OnlineLearner(small_config()).stages[:3]] == ["window"] * 3
+    with pytest.raises(ValueError, match="names 2 norms for 3 conv modules"):
+        EncoderConfig(convs=SMALL_CONVS, norm_per_module=("time", "window"))
+
+
 @pytest.mark.parametrize(
     "changes",
     [
@@ -115,6 +123,8 @@ def test_wrong_window_length_is_a_clear_error() -> None:
         {"mode": "e2e", "encoder": EncoderConfig(convs=SMALL_CONVS, gru_hidden=16, gru="bptt")},
         {"encoder": EncoderConfig(convs=SMALL_CONVS, gru="none", norm="frame")},
         {"encoder": EncoderConfig(convs=SMALL_CONVS, gru_hidden=16, norm="time")},
+        {"encoder": EncoderConfig(convs=SMALL_CONVS, gru_hidden=16, norm_per_module=("window", "time", "frame"))},
+        {"pre_emphasis": 0.97},
         {"schedule": "round_robin"},
         {"schedule": "random"},
     ],

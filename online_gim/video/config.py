@@ -99,7 +99,8 @@ class VideoLearnerConfig(_Strict):
             t+K`` (``K`` = ``prediction_steps``).
         memory: the per-module FAISS memory of pooled frame encodings (negatives); positions are
             stream frame numbers, so ``exclusion_frames`` (default ``2 * window_frames``) keeps the
-            anchor's neighbouring frames out of its negatives.
+            anchor's neighbouring frames out of its negatives. Negatives come from the memory
+            only (``window_negatives`` 0: the video learner has no window pool).
         optim: per-module Adam.
         decorrelation: the term against collapsed encodings added to every module's loss.
     """
@@ -114,7 +115,7 @@ class VideoLearnerConfig(_Strict):
     seed: int = 0
     encoder: VideoEncoderConfig = VideoEncoderConfig()
     loss: LossConfig = LossConfig(prediction_steps=4)
-    memory: MemoryConfig = MemoryConfig(capacity=1024, writes_per_window=16)
+    memory: MemoryConfig = MemoryConfig(capacity=1024, writes_per_window=16, window_negatives=0.0)
     optim: OptimConfig = OptimConfig(lr=5e-4, moments="float32")
     decorrelation: DecorrelationConfig = DecorrelationConfig()
 
