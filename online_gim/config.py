@@ -69,6 +69,11 @@ class EncoderConfig(_Strict):
             variation only, the upper ones keep the level and long-term spectrum); ``None``
             (default): ``norm`` everywhere.
         norm_momentum: weight of the newest window in the running statistics of ``time`` norm.
+        residual: every conv module above the first adds to its output the mean of the input
+            frames at the centre of each output frame's receptive field (a skip path with no
+            weights: what a module below encoded reaches the top even where the modules between
+            do not re-encode it); needs equal channel counts from the second module up. Default
+            ``False`` (the published stack).
         eprop_chunk: steps per chunk of the e-prop trace update (memory ``O(chunk * width)``).
     """
 
@@ -78,6 +83,7 @@ class EncoderConfig(_Strict):
     norm: Norm = "window"
     norm_per_module: tuple[Norm, ...] | None = None
     norm_momentum: float = Field(default=0.05, gt=0, le=1)
+    residual: bool = False
     eprop_chunk: int = Field(default=32, gt=0)
 
     @model_validator(mode="after")
@@ -86,6 +92,14 @@ class EncoderConfig(_Strict):
             raise ValueError(
                 f"norm_per_module names {len(self.norm_per_module)} norms for {len(self.convs)} conv modules"
             )
+        if self.residual:
+            for index in range(1, len(self.convs)):
+                below, layer = self.convs[index - 1], self.convs[index]
+                if below.channels != layer.channels:
+                    raise ValueError(
+                        f"residual needs equal channels: conv module {index} has {layer.channels}, "
+                        f"the module below it {below.channels}"
+                    )
         return self
 
     def module_norm(self, index: int) -> Norm:

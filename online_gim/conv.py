@@ -100,6 +100,10 @@ class ConvModule(nn.Module):
         product_dtype: the number type the convolution multiplies in (``torch.bfloat16``: input
             and weights rounded to bfloat16, sums in float32, output returned as float32; the
             weight gradient of the greedy recompute stays float32).
+        residual: add to the output (after the ReLU) the skip path :meth:`skip`: the mean of the
+            ``stride`` input frames at the centre of each output frame's receptive field (needs
+            ``in_channels == layer.channels``; no weights, no gradient to the input here because
+            the greedy stack detaches it).
 
     For ``time`` and ``window`` the buffers ``running_mean``/``running_var`` hold the statistics in
     use (for ``window``: those of the newest window, so that :meth:`forward_frames` of the window
@@ -107,10 +111,20 @@ class ConvModule(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, layer: ConvLayerConfig, *, norm: str, momentum: float, product_dtype: torch.dtype = torch.float32
+        self,
+        in_channels: int,
+        layer: ConvLayerConfig,
+        *,
+        norm: str,
+        momentum: float,
+        product_dtype: torch.dtype = torch.float32,
+        residual: bool = False,
     ) -> None:
         super().__init__()
+        if residual and in_channels != layer.channels:
+            raise ValueError(f"residual needs as many input channels as outputs, got {in_channels} -> {layer.channels}")
         self.layer = layer
+        self.residual = residual
         self.norm = norm
         self.momentum = momentum
         self.product_dtype = product_dtype
@@ -184,11 +198,27 @@ class ConvModule(nn.Module):
             output, mean, var = _window_normalise(pre)
             if update_statistics:
                 self._fold_statistics(mean.detach(), var.detach())
-            return output, pre
-        pre = pre.float()
-        if self.norm == "time" and update_statistics:
-            self._fold_statistics(*_channel_statistics(pre.detach()))
-        return self._normalise_and_rectify(pre), pre
+        else:
+            pre = pre.float()
+            if self.norm == "time" and update_statistics:
+                self._fold_statistics(*_channel_statistics(pre.detach()))
+            output = self._normalise_and_rectify(pre)
+        if self.residual:
+            skip = self.skip(x)
+            output = output + skip if torch.is_grad_enabled() and output.requires_grad else output.add_(skip)
+        return output, pre
+
+    def skip(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual path of a ``(1, C, T_in)`` input: ``(1, C, T)``, frame ``j`` the mean of input
+        frames ``[j*stride + o, (j+1)*stride + o)`` with ``o = (kernel - stride) // 2 - padding``
+        (the centre of frame ``j``'s receptive field; zeros beyond the ends, as the conv pads)."""
+        stride, frames = self.layer.stride, self.output_frames(x.shape[2])
+        start = (self.layer.kernel - stride) // 2 - self.layer.padding
+        stop = start + frames * stride
+        if start < 0 or stop > x.shape[2]:
+            x = F.pad(x, (max(0, -start), max(0, stop - x.shape[2])))
+        first = max(0, start)
+        return F.avg_pool1d(x[..., first : first + frames * stride], stride)
 
     def forward_frames(self, x: torch.Tensor, first: int, stop: int, *, conv: torch.Tensor | None = None) -> torch.Tensor:
         """Recomputes output frames ``[first, stop)`` from the slice of the input they read.
@@ -213,11 +243,13 @@ class ConvModule(nn.Module):
                 conv[..., first:stop].float(), inputs, self.conv.weight, self.conv.bias, self.layer.stride
             )
         if self.norm != "window":
-            return self._normalise_and_rectify(pre)
-        mean, var = _channel_statistics(pre)
-        mean = self.running_mean + (mean - mean.detach())  # the window's value, the recompute's gradient
-        var = self.running_var + (var - var.detach())
-        return torch.relu(_standardise(pre, mean, var))
+            output = self._normalise_and_rectify(pre)
+        else:
+            mean, var = _channel_statistics(pre)
+            mean = self.running_mean + (mean - mean.detach())  # the window's value, the recompute's gradient
+            var = self.running_var + (var - var.detach())
+            output = torch.relu(_standardise(pre, mean, var))
+        return output + self.skip(x)[..., first:stop] if self.residual else output
 
     def output_frames(self, input_frames: int) -> int:
         return (input_frames + 2 * self.layer.padding - self.layer.kernel) // self.layer.stride + 1

@@ -93,3 +93,36 @@ def test_recompute_reusing_the_window_conv_has_the_recomputes_values_and_gradien
     for a, b in zip(recomputed, reused):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max()))
     assert reused[1].abs().max() > 0
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [(8, 4, 2), (4, 2, 2), (4, 2, 1)])
+@pytest.mark.parametrize("norm", ["window", "time"])
+def test_residual_recompute_equals_the_window_pass_at_the_edges_too(kernel: int, stride: int, padding: int, norm: str) -> None:
+    """The GIM stack's upper layers: the skip path pads or trims the input ends as the layer does,
+    and the recompute of any frame range (the ends included) equals the window pass."""
+    torch.manual_seed(0)
+    layer = ConvLayerConfig(channels=6, kernel=kernel, stride=stride, padding=padding)
+    module = ConvModule(6, layer, norm=norm, momentum=0.05, residual=True)
+    x = torch.rand(1, 6, 257)
+    whole = module.forward_window(x, update_statistics=True)
+    frames = module.output_frames(257)
+    assert whole.shape == (1, 6, frames)
+    for first, stop in [(0, 9), (frames // 3, frames // 2), (frames - 9, frames)]:
+        assert torch.allclose(module.forward_frames(x, first, stop), whole[..., first:stop], atol=1e-5)
+    plain = ConvModule(6, layer, norm=norm, momentum=0.05)
+    plain.load_state_dict(module.state_dict())
+    assert torch.allclose(whole - plain.forward_window(x, update_statistics=True), module.skip(x), atol=1e-6)
+
+
+def test_residual_skip_is_the_mean_of_the_centre_of_each_receptive_field() -> None:
+    """Kernel 4, stride 2, padding 2: output frame j reads input frames [2j - 2, 2j + 2); its skip is
+    the mean of frames 2j - 1 and 2j (zero before the first frame)."""
+    module = ConvModule(1, ConvLayerConfig(channels=1, kernel=4, stride=2, padding=2), norm="none", momentum=0.05, residual=True)
+    x = torch.arange(1.0, 8.0)[None, None, :]  # frames 0..6 hold 1..7
+    assert module.output_frames(7) == 4
+    assert module.skip(x)[0, 0].tolist() == [0.5, 2.5, 4.5, 6.5]
+
+
+def test_residual_needs_as_many_inputs_as_outputs() -> None:
+    with pytest.raises(ValueError, match="residual needs"):
+        ConvModule(3, LAYER, norm="window", momentum=0.05, residual=True)

@@ -113,6 +113,14 @@ def test_each_conv_module_gets_its_configured_norm() -> None:
         EncoderConfig(convs=SMALL_CONVS, norm_per_module=("time", "window"))
 
 
+def test_residual_skips_every_conv_module_but_the_first() -> None:
+    learner = OnlineLearner(small_config(encoder=EncoderConfig(convs=SMALL_CONVS, residual=True)))
+    assert [stage.module.residual for stage in learner.stages[:3]] == [False, True, True]
+    narrower = (*SMALL_CONVS[:2], SMALL_CONVS[2].model_copy(update={"channels": SMALL_CONVS[1].channels // 2}))
+    with pytest.raises(ValueError, match="conv module 2 has"):
+        EncoderConfig(convs=narrower, residual=True)
+
+
 @pytest.mark.parametrize(
     "changes",
     [
@@ -125,6 +133,8 @@ def test_each_conv_module_gets_its_configured_norm() -> None:
         {"encoder": EncoderConfig(convs=SMALL_CONVS, gru_hidden=16, norm="time")},
         {"encoder": EncoderConfig(convs=SMALL_CONVS, gru_hidden=16, norm_per_module=("window", "time", "frame"))},
         {"pre_emphasis": 0.97},
+        {"encoder": EncoderConfig(convs=SMALL_CONVS, gru_hidden=16, residual=True)},
+        {"mode": "e2e", "encoder": EncoderConfig(convs=SMALL_CONVS, gru_hidden=16, gru="bptt", residual=True)},
         {"schedule": "round_robin"},
         {"schedule": "random"},
     ],
