@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
 
 
 class _Strict(BaseModel):
@@ -174,6 +174,8 @@ class OptimConfig(_Strict):
 
     Attributes:
         lr: Adam learning rate of every module (GIM: 2e-4).
+        lr_per_module: one learning rate per module, bottom to top (the conv modules, then the
+            GRU if any), instead of ``lr`` for all; ``None`` (default): ``lr`` everywhere.
         grad_clip: maximum gradient norm per module per update (a guard, not a tuning knob).
         moments: how Adam keeps its moments (``online_gim.adam``): ``compact`` (default: the first
             moment in bfloat16, the second factored into row and column means for matrices, as
@@ -181,8 +183,13 @@ class OptimConfig(_Strict):
     """
 
     lr: float = Field(default=2e-4, gt=0)
+    lr_per_module: tuple[PositiveFloat, ...] | None = None
     grad_clip: float = Field(default=10.0, gt=0)
     moments: Literal["compact", "float32"] = "compact"
+
+    def module_lr(self, index: int) -> float:
+        """The learning rate of module ``index`` (0 = the lowest)."""
+        return self.lr if self.lr_per_module is None else self.lr_per_module[index]
 
 
 class ProbeConfig(_Strict):
@@ -268,6 +275,12 @@ class LearnerConfig(_Strict):
                 f"probes.module must be in {-modules}..{modules - 1} (the stack has {modules} modules), "
                 f"got {self.probes.module}"
             )
+        if self.optim.lr_per_module is not None and len(self.optim.lr_per_module) != modules:
+            raise ValueError(
+                f"optim.lr_per_module names {len(self.optim.lr_per_module)} learning rates for {modules} modules"
+            )
+        if self.optim.lr_per_module is not None and self.mode == "e2e":
+            raise ValueError("optim.lr_per_module is for greedy mode; e2e has one optimiser (optim.lr)")
         if self.mode == "e2e" and self.encoder.gru == "eprop":
             raise ValueError("mode 'e2e' back-propagates through the whole stack: use gru 'bptt' or 'none'")
         return self

@@ -65,7 +65,7 @@ class LocalStage:
         exclusion: int = 0,
     ) -> LocalStage:
         """A stage whose head predicts ``target_dim`` targets from ``context_dim`` contexts (its
-        products in ``product_dtype``); one Adam optimiser (``optim.lr``, moments stored as
+        products in ``product_dtype``); one Adam optimiser (``optim.module_lr(index)``, moments stored as
         ``optim.moments``) over the module's and the head's parameters. ``exclusion``: frames
         around an anchor that never give a window negative (:class:`~online_gim.objective.LocalObjective`).
         ``seed`` and ``index`` (the learner's seed, the module's place in the stack) seed the stage's
@@ -76,7 +76,7 @@ class LocalStage:
             product_dtype=product_dtype,
         )
         objective = LocalObjective(loss, memory_config, head, memory, generator, exclusion=exclusion)
-        optimizer = Adam([*module.parameters(), *head.parameters()], lr=optim.lr, moments=optim.moments)
+        optimizer = Adam([*module.parameters(), *head.parameters()], lr=optim.module_lr(index), moments=optim.moments)
         return cls(module, head, memory, objective, optimizer, stride, rng, generator)
 
     def generator_state(self) -> dict[str, object]:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from online_gim.config import ConvLayerConfig, EncoderConfig, LearnerConfig, LossConfig, MemoryConfig
+from online_gim.config import ConvLayerConfig, EncoderConfig, LearnerConfig, LossConfig, MemoryConfig, OptimConfig
 from online_gim.learner import OnlineLearner
 from online_gim.streams.corpora.phone_like import phone_like_stream
 from online_gim.streams.window import AudioWindow
@@ -111,6 +111,14 @@ def test_each_conv_module_gets_its_configured_norm() -> None:
     assert [stage.module.norm for stage in OnlineLearner(small_config()).stages[:3]] == ["window"] * 3
     with pytest.raises(ValueError, match="names 2 norms for 3 conv modules"):
         EncoderConfig(convs=SMALL_CONVS, norm_per_module=("time", "window"))
+
+
+def test_each_module_gets_its_configured_learning_rate() -> None:
+    rates = (1e-4, 2e-4, 3e-4, 4e-4)
+    learner = OnlineLearner(small_config(encoder=EncoderConfig(convs=SMALL_CONVS, gru_hidden=16), optim=OptimConfig(lr_per_module=rates)))
+    assert [stage.optimizer.lr for stage in learner.stages] == list(rates)
+    with pytest.raises(ValueError, match="names 3 learning rates for 4 modules"):
+        small_config(encoder=EncoderConfig(convs=SMALL_CONVS, gru_hidden=16), optim=OptimConfig(lr_per_module=rates[:3]))
 
 
 def test_residual_skips_every_conv_module_but_the_first() -> None:
