@@ -208,17 +208,19 @@ class ConvModule(nn.Module):
             output = output + skip if torch.is_grad_enabled() and output.requires_grad else output.add_(skip)
         return output, pre
 
-    def skip(self, x: torch.Tensor) -> torch.Tensor:
-        """The residual path of a ``(1, C, T_in)`` input: ``(1, C, T)``, frame ``j`` the mean of input
-        frames ``[j*stride + o, (j+1)*stride + o)`` with ``o = (kernel - stride) // 2 - padding``
-        (the centre of frame ``j``'s receptive field; zeros beyond the ends, as the conv pads)."""
-        stride, frames = self.layer.stride, self.output_frames(x.shape[2])
-        start = (self.layer.kernel - stride) // 2 - self.layer.padding
-        stop = start + frames * stride
-        if start < 0 or stop > x.shape[2]:
-            x = F.pad(x, (max(0, -start), max(0, stop - x.shape[2])))
-        first = max(0, start)
-        return F.avg_pool1d(x[..., first : first + frames * stride], stride)
+    def skip(self, x: torch.Tensor, first: int = 0, stop: int | None = None) -> torch.Tensor:
+        """The residual path of a ``(1, C, T_in)`` input for output frames ``[first, stop)`` (default:
+        all): ``(1, C, stop - first)``, frame ``j`` the mean of input frames ``[j*stride + o,
+        (j+1)*stride + o)`` with ``o = (kernel - stride) // 2 - padding`` (the centre of frame
+        ``j``'s receptive field; zeros beyond the input's ends, as the conv pads)."""
+        stride = self.layer.stride
+        stop = self.output_frames(x.shape[2]) if stop is None else stop
+        offset = (self.layer.kernel - stride) // 2 - self.layer.padding
+        begin, end = first * stride + offset, stop * stride + offset  # input frames read
+        inside = x[..., max(0, begin) : min(end, x.shape[2])]
+        if begin < 0 or end > x.shape[2]:
+            inside = F.pad(inside, (max(0, -begin), max(0, end - x.shape[2])))
+        return F.avg_pool1d(inside, stride)
 
     def forward_frames(self, x: torch.Tensor, first: int, stop: int, *, conv: torch.Tensor | None = None) -> torch.Tensor:
         """Recomputes output frames ``[first, stop)`` from the slice of the input they read.
@@ -249,7 +251,7 @@ class ConvModule(nn.Module):
             mean = self.running_mean + (mean - mean.detach())  # the window's value, the recompute's gradient
             var = self.running_var + (var - var.detach())
             output = torch.relu(_standardise(pre, mean, var))
-        return output + self.skip(x)[..., first:stop] if self.residual else output
+        return output + self.skip(x, first, stop) if self.residual else output
 
     def output_frames(self, input_frames: int) -> int:
         return (input_frames + 2 * self.layer.padding - self.layer.kernel) // self.layer.stride + 1

@@ -112,6 +112,7 @@ def test_residual_recompute_equals_the_window_pass_at_the_edges_too(kernel: int,
     plain = ConvModule(6, layer, norm=norm, momentum=0.05)
     plain.load_state_dict(module.state_dict())
     assert torch.allclose(whole - plain.forward_window(x, update_statistics=True), module.skip(x), atol=1e-6)
+    assert torch.equal(module.skip(x, 3, frames - 2), module.skip(x)[..., 3 : frames - 2])
 
 
 def test_residual_skip_is_the_mean_of_the_centre_of_each_receptive_field() -> None:
