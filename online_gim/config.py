@@ -8,16 +8,44 @@ package (``configs/`` is the package ``online_gim.presets``): :func:`preset_name
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
+from typing_extensions import Self
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SavedConfig(BaseModel):
+    """A configuration that learner states save, and read back with :meth:`from_saved`.
+
+    ``FIELDS_ADDED_LATER``: fields (dotted paths) added after states were first written whose
+    default is not what the learner did before the field existed, with that earlier behaviour's
+    value: a saved configuration without the field gets it, never today's default, so an old
+    state is neither resumed silently as another learner nor refused for a field it never had.
+    """
+
+    FIELDS_ADDED_LATER: ClassVar[dict[str, object]] = {}
+
+    @classmethod
+    def from_saved(cls, data: Mapping[str, object]) -> Self:
+        """The configuration a state saved as ``data`` (a ``model_dump``) was written with."""
+        data = copy.deepcopy(dict(data))
+        for path, value in cls.FIELDS_ADDED_LATER.items():
+            *parents, name = path.split(".")
+            section = data
+            for parent in parents:
+                section = section.get(parent) if isinstance(section, dict) else None
+            if isinstance(section, dict) and name not in section:
+                section[name] = value
+        return cls.model_validate(data)
 
 
 class ConvLayerConfig(_Strict):
@@ -74,7 +102,7 @@ class EncoderConfig(_Strict):
             weights: what a module below encoded reaches the top even where the modules between
             do not re-encode it); needs equal channel counts from the second module up. Default
             ``True``: on real speech it lifted the top module's speaker probes from about 11 to 36 %
-            per frame in two seeds, phones unchanged (docs/eval/real-speech.md, question 10);
+            per frame in two seeds, phones unchanged (docs/eval/real-speech.md, question 11);
             ``False``: the published GIM/CLAPP stack.
         eprop_chunk: steps per chunk of the e-prop trace update (memory ``O(chunk * width)``).
     """
@@ -216,7 +244,7 @@ class ProbeConfig(_Strict):
     speaker_top: int = Field(default=3, gt=0)
 
 
-class LearnerConfig(_Strict):
+class LearnerConfig(_Strict, SavedConfig):
     """Everything the online learner needs.
 
     Attributes:
@@ -260,6 +288,12 @@ class LearnerConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     probes: ProbeConfig | None = ProbeConfig()
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
+
+    FIELDS_ADDED_LATER: ClassVar[dict[str, object]] = {
+        "input_gain": "stream",
+        "memory.window_negatives": 0.0,
+        "encoder.residual": False,
+    }
 
     @model_validator(mode="after")
     def _check_sizes(self) -> LearnerConfig:

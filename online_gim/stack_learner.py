@@ -253,7 +253,7 @@ class StackLearner(Generic[W]):
             NonFiniteState: learned weights (a module's parameters or its prediction head) are not
                 finite: they cannot be estimated again; nothing is changed.
         """
-        saved = type(self.config).model_validate(state["config"])
+        saved = type(self.config).from_saved(state["config"])
         if saved != self.config:
             raise ValueError(f"state was saved with a different config: {first_difference(saved, self.config)}")
         modules = range(*state.get("modules", (0, len(state["stages"]))))  # absent before pipeline stages: the whole stack

@@ -127,3 +127,31 @@ def test_residual_skip_is_the_mean_of_the_centre_of_each_receptive_field() -> No
 def test_residual_needs_as_many_inputs_as_outputs() -> None:
     with pytest.raises(ValueError, match="residual needs"):
         ConvModule(3, LAYER, norm="window", momentum=0.05, residual=True)
+
+
+def test_inference_reuses_its_cast_weights_only_while_the_weights_are_unchanged() -> None:
+    """bfloat16 products: inference (without autograd, as ``embed``) keeps the weights' bfloat16
+    copy, and an optimiser step, a loaded state or a replaced tensor makes the next inference use
+    the new weights."""
+    torch.manual_seed(0)
+    module = ConvModule(3, LAYER, norm="window", momentum=0.05, product_dtype=torch.bfloat16)
+    x = torch.randn(1, 3, 400)
+
+    def fresh() -> torch.Tensor:  # the same module without a kept copy
+        other = ConvModule(3, LAYER, norm="window", momentum=0.05, product_dtype=torch.bfloat16)
+        other.load_state_dict(module.state_dict())
+        return other.forward_window(x, update_statistics=False)
+
+    with torch.no_grad():
+        first = module.forward_window(x, update_statistics=False)
+        assert torch.equal(first, fresh()) and module._cast is not None
+        module.conv.weight.add_(0.5)  # in place, as Adam steps
+        assert torch.equal(module.forward_window(x, update_statistics=False), fresh())
+        module.load_state_dict({**module.state_dict(), "conv.bias": torch.randn(LAYER.channels)})
+        assert torch.equal(module.forward_window(x, update_statistics=False), fresh())
+        module.conv.weight = torch.nn.Parameter(torch.randn_like(module.conv.weight))
+        assert torch.equal(module.forward_window(x, update_statistics=False), fresh())
+        assert not torch.equal(first, fresh())
+        learning = ConvModule(3, LAYER, norm="window", momentum=0.05, product_dtype=torch.bfloat16)
+        learning.forward_window(x, update_statistics=True)
+        assert learning._cast is None  # learning never keeps a copy: its weights change every step

@@ -234,3 +234,23 @@ def test_a_part_of_the_stack_refuses_what_it_cannot_hold_or_learn() -> None:
     upper = OnlineLearner(config, range(2, 4))
     with pytest.raises(ValueError, match="activations of module 1"):
         upper.step(_windows(config, 1)[0])  # audio, where the part above module 0 needs activations
+
+
+def test_a_state_older_than_a_changed_default_is_read_as_the_learner_that_wrote_it() -> None:
+    """A state saved before ``input_gain``, ``memory.window_negatives`` and ``encoder.residual``
+    existed was written by a learner with a stream gain, memory negatives only and no skip path:
+    today's defaults refuse it, naming the field, and a configuration with those values resumes it."""
+    old = small_config(input_gain="stream", memory=MemoryConfig(capacity=256, writes_per_window=32, window_negatives=0.0),
+                       encoder=EncoderConfig(convs=SMALL_CONVS, gru_hidden=16, residual=False))
+    learner = OnlineLearner(old)
+    for window in _windows(old, 3):
+        learner.step(window)
+    state = learner.state_dict()
+    saved = copy.deepcopy(state["config"])
+    del saved["input_gain"], saved["memory"]["window_negatives"], saved["encoder"]["residual"]
+    assert LearnerConfig.from_saved(saved) == old
+    with pytest.raises(ValueError, match="different config: input_gain: saved 'stream', now 'local'"):
+        OnlineLearner(small_config()).load_state_dict({**state, "config": saved})
+    resumed = OnlineLearner(old)
+    resumed.load_state_dict({**state, "config": saved})
+    assert all(torch.equal(a, b) for a, b in zip(resumed.stages[1].module.parameters(), learner.stages[1].module.parameters()))

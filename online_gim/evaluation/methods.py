@@ -120,7 +120,7 @@ def state_method(directory: Path) -> Method:
     Raises:
         ValueError: no intact checkpoint there, or the checkpoints of another learner (video).
     """
-    return Method(f"state:{directory}", "loaded", LearnerConfig.model_validate(_newest_learner_state(directory)["config"]), directory)
+    return Method(f"state:{directory}", "loaded", LearnerConfig.from_saved(_newest_learner_state(directory)["config"]), directory)
 
 
 def load_learner(method: Method) -> OnlineLearner:
@@ -132,7 +132,7 @@ def load_learner(method: Method) -> OnlineLearner:
     from online_gim.learner import OnlineLearner
 
     state = _newest_learner_state(method.state)
-    learner = OnlineLearner(LearnerConfig.model_validate(state["config"]))
+    learner = OnlineLearner(LearnerConfig.from_saved(state["config"]))
     learner.load_state_dict(state)
     return learner
 

@@ -79,7 +79,7 @@ class Encoder:
     """
 
     def __init__(self, payload: dict[str, Any]) -> None:
-        self.config = LearnerConfig.model_validate(payload["config"])
+        self.config = LearnerConfig.from_saved(payload["config"])
         self.model_step = int(payload["model_step"])
         self._learner = OnlineLearner(self.config)
         stages = self._learner.stages

@@ -12,7 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from online_gim.config import LossConfig, MemoryConfig, OptimConfig
+from online_gim.config import LossConfig, MemoryConfig, OptimConfig, SavedConfig
 
 
 class _Strict(BaseModel):
@@ -82,7 +82,7 @@ class DecorrelationConfig(_Strict):
     momentum: float = Field(default=0.1, gt=0, le=1)
 
 
-class VideoLearnerConfig(_Strict):
+class VideoLearnerConfig(_Strict, SavedConfig):
     """Everything the video learner needs.
 
     Attributes:
