@@ -101,9 +101,11 @@ class EncoderConfig(_Strict):
             frames at the centre of each output frame's receptive field (a skip path with no
             weights: what a module below encoded reaches the top even where the modules between
             do not re-encode it); needs equal channel counts from the second module up. Default
-            ``True``: on real speech it lifted the top module's speaker probes from about 11 to 36 %
-            per frame in two seeds, phones unchanged (docs/eval/real-speech.md, question 11);
-            ``False``: the published GIM/CLAPP stack.
+            ``False`` (the published GIM/CLAPP stack). ``True`` lifted the top module's speaker
+            probes on real speech from about 11 to 36 % per frame in two seeds, phones unchanged
+            (docs/eval/real-speech.md, question 11); not the default: the skip path's sum grows up
+            the stack, and with it the upper modules' losses stay above chance longer at the start
+            of a stream and GRU units stay negative over whole windows.
         eprop_chunk: steps per chunk of the e-prop trace update (memory ``O(chunk * width)``).
     """
 
@@ -113,7 +115,7 @@ class EncoderConfig(_Strict):
     norm: Norm = "window"
     norm_per_module: tuple[Norm, ...] | None = None
     norm_momentum: float = Field(default=0.05, gt=0, le=1)
-    residual: bool = True
+    residual: bool = False
     eprop_chunk: int = Field(default=32, gt=0)
 
     @model_validator(mode="after")
