@@ -294,7 +294,6 @@ class LearnerConfig(_Strict, SavedConfig):
     FIELDS_ADDED_LATER: ClassVar[dict[str, object]] = {
         "input_gain": "stream",
         "memory.window_negatives": 0.0,
-        "encoder.residual": False,
     }
 
     @model_validator(mode="after")
