@@ -106,6 +106,10 @@ class EncoderConfig(_Strict):
             (docs/eval/real-speech.md, question 11); not the default: the skip path's sum grows up
             the stack, and with it the upper modules' losses stay above chance longer at the start
             of a stream and GRU units stay negative over whole windows.
+        residual_scale: with ``residual``, each conv module's output is this times the sum of its
+            own output and the skip path. ``1.0`` (default): the plain sum, which grows up the
+            stack; ``0.5``: their mean, which keeps each module's output about the size of a
+            module without the path (the mean of a rectified standardised unit, 0.4).
         eprop_chunk: steps per chunk of the e-prop trace update (memory ``O(chunk * width)``).
     """
 
@@ -116,6 +120,7 @@ class EncoderConfig(_Strict):
     norm_per_module: tuple[Norm, ...] | None = None
     norm_momentum: float = Field(default=0.05, gt=0, le=1)
     residual: bool = False
+    residual_scale: float = Field(default=1.0, gt=0)
     eprop_chunk: int = Field(default=32, gt=0)
 
     @model_validator(mode="after")

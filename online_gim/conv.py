@@ -104,6 +104,8 @@ class ConvModule(nn.Module):
             ``stride`` input frames at the centre of each output frame's receptive field (needs
             ``in_channels == layer.channels``; no weights, no gradient to the input here because
             the greedy stack detaches it).
+        residual_scale: with ``residual``, the output is this times the sum of the module's own
+            output and the skip path (0.5: their mean).
 
     For ``time`` and ``window`` the buffers ``running_mean``/``running_var`` hold the statistics in
     use (for ``window``: those of the newest window, so that :meth:`forward_frames` of the window
@@ -119,12 +121,14 @@ class ConvModule(nn.Module):
         momentum: float,
         product_dtype: torch.dtype = torch.float32,
         residual: bool = False,
+        residual_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if residual and in_channels != layer.channels:
             raise ValueError(f"residual needs as many input channels as outputs, got {in_channels} -> {layer.channels}")
         self.layer = layer
         self.residual = residual
+        self.residual_scale = residual_scale
         self._cast: tuple[torch.Tensor, torch.Tensor] | None = None  # inference's weights in product_dtype
         self._cast_key: tuple[int, ...] | None = None
         self.norm = norm
@@ -223,9 +227,17 @@ class ConvModule(nn.Module):
                 self._fold_statistics(*_channel_statistics(pre.detach()))
             output = self._normalise_and_rectify(pre)
         if self.residual:
-            skip = self.skip(x)
-            output = output + skip if torch.is_grad_enabled() and output.requires_grad else output.add_(skip)
+            output = self._add_skip(output, self.skip(x))
         return output, pre
+
+    def _add_skip(self, output: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """``residual_scale * (output + skip)`` of two ``(1, C, T)`` tensors (in place of ``output``
+        where autograd does not need it)."""
+        if torch.is_grad_enabled() and output.requires_grad:
+            total = output + skip
+            return total if self.residual_scale == 1.0 else total * self.residual_scale
+        total = output.add_(skip)
+        return total if self.residual_scale == 1.0 else total.mul_(self.residual_scale)
 
     def skip(self, x: torch.Tensor, first: int = 0, stop: int | None = None) -> torch.Tensor:
         """The residual path of a ``(1, C, T_in)`` input for output frames ``[first, stop)`` (default:
@@ -273,7 +285,7 @@ class ConvModule(nn.Module):
             mean = self.running_mean + (mean - mean.detach())  # the window's value, the recompute's gradient
             var = self.running_var + (var - var.detach())
             output = torch.relu(_standardise(pre, mean, var))
-        return output + self.skip(x, first, stop) if self.residual else output
+        return self._add_skip(output, self.skip(x, first, stop)) if self.residual else output
 
     def output_frames(self, input_frames: int) -> int:
         return (input_frames + 2 * self.layer.padding - self.layer.kernel) // self.layer.stride + 1

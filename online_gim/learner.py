@@ -105,6 +105,7 @@ class OnlineLearner(StackLearner[AudioWindow | ActivationWindow]):
             module = ConvModule(
                 in_channels, layer, norm=config.encoder.module_norm(index), momentum=config.encoder.norm_momentum,
                 product_dtype=self.product_dtype, residual=config.encoder.residual and index > 0,
+                residual_scale=config.encoder.residual_scale,
             )
             stride *= layer.stride
             memory = NegativeMemory(

@@ -97,12 +97,16 @@ def test_recompute_reusing_the_window_conv_has_the_recomputes_values_and_gradien
 
 @pytest.mark.parametrize(("kernel", "stride", "padding"), [(8, 4, 2), (4, 2, 2), (4, 2, 1)])
 @pytest.mark.parametrize("norm", ["window", "time"])
-def test_residual_recompute_equals_the_window_pass_at_the_edges_too(kernel: int, stride: int, padding: int, norm: str) -> None:
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_residual_recompute_equals_the_window_pass_at_the_edges_too(
+    kernel: int, stride: int, padding: int, norm: str, scale: float
+) -> None:
     """The GIM stack's upper layers: the skip path pads or trims the input ends as the layer does,
-    and the recompute of any frame range (the ends included) equals the window pass."""
+    the output is ``scale`` times the plain module's output plus the skip path, and the recompute of
+    any frame range (the ends included) equals the window pass."""
     torch.manual_seed(0)
     layer = ConvLayerConfig(channels=6, kernel=kernel, stride=stride, padding=padding)
-    module = ConvModule(6, layer, norm=norm, momentum=0.05, residual=True)
+    module = ConvModule(6, layer, norm=norm, momentum=0.05, residual=True, residual_scale=scale)
     x = torch.rand(1, 6, 257)
     whole = module.forward_window(x, update_statistics=True)
     frames = module.output_frames(257)
@@ -111,7 +115,7 @@ def test_residual_recompute_equals_the_window_pass_at_the_edges_too(kernel: int,
         assert torch.allclose(module.forward_frames(x, first, stop), whole[..., first:stop], atol=1e-5)
     plain = ConvModule(6, layer, norm=norm, momentum=0.05)
     plain.load_state_dict(module.state_dict())
-    assert torch.allclose(whole - plain.forward_window(x, update_statistics=True), module.skip(x), atol=1e-6)
+    assert torch.allclose(whole / scale - plain.forward_window(x, update_statistics=True), module.skip(x), atol=1e-5)
     assert torch.equal(module.skip(x, 3, frames - 2), module.skip(x)[..., 3 : frames - 2])
 
 
