@@ -106,10 +106,12 @@ class EncoderConfig(_Strict):
             (docs/eval/real-speech.md, question 11); not the default: the skip path's sum grows up
             the stack, and with it the upper modules' losses stay above chance longer at the start
             of a stream and GRU units stay negative over whole windows.
-        residual_scale: with ``residual``, each conv module's output is this times the sum of its
-            own output and the skip path. ``1.0`` (default): the plain sum, which grows up the
-            stack; ``0.5``: their mean, which keeps each module's output about the size of a
-            module without the path (the mean of a rectified standardised unit, 0.4).
+        residual_mix: how a conv module with ``residual`` weighs its own output ``y`` and the skip
+            path ``s``: ``sum`` (default): ``y + s``, which grows up the stack; ``mean``: ``(y + s) / 2``
+            (each module's output keeps about the size of one without the path, the lower modules'
+            share halves at every module); ``equal``: ``(y + i s) / (i + 1)`` at conv module ``i``
+            (0 = the lowest), every module below weighing the same, as in the sum, at the size of
+            one module's output.
         eprop_chunk: steps per chunk of the e-prop trace update (memory ``O(chunk * width)``).
     """
 
@@ -120,7 +122,7 @@ class EncoderConfig(_Strict):
     norm_per_module: tuple[Norm, ...] | None = None
     norm_momentum: float = Field(default=0.05, gt=0, le=1)
     residual: bool = False
-    residual_scale: float = Field(default=1.0, gt=0)
+    residual_mix: Literal["sum", "mean", "equal"] = "sum"
     eprop_chunk: int = Field(default=32, gt=0)
 
     @model_validator(mode="after")
@@ -138,6 +140,17 @@ class EncoderConfig(_Strict):
                         f"the module below it {below.channels}"
                     )
         return self
+
+    def residual_weights(self, index: int) -> tuple[float, float] | None:
+        """Conv module ``index``'s weights of its own output and of the skip path (``residual_mix``),
+        ``None`` where it has no skip path (``residual`` off, or the lowest module)."""
+        if not self.residual or index == 0:
+            return None
+        if self.residual_mix == "sum":
+            return 1.0, 1.0
+        if self.residual_mix == "mean":
+            return 0.5, 0.5
+        return 1.0 / (index + 1), index / (index + 1)
 
     def module_norm(self, index: int) -> Norm:
         """The norm of conv module ``index`` (0 = the lowest)."""

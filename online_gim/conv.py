@@ -100,12 +100,11 @@ class ConvModule(nn.Module):
         product_dtype: the number type the convolution multiplies in (``torch.bfloat16``: input
             and weights rounded to bfloat16, sums in float32, output returned as float32; the
             weight gradient of the greedy recompute stays float32).
-        residual: add to the output (after the ReLU) the skip path :meth:`skip`: the mean of the
-            ``stride`` input frames at the centre of each output frame's receptive field (needs
-            ``in_channels == layer.channels``; no weights, no gradient to the input here because
-            the greedy stack detaches it).
-        residual_scale: with ``residual``, the output is this times the sum of the module's own
-            output and the skip path (0.5: their mean).
+        residual_weights: ``(a, b)``: the output is ``a`` times the module's own output (after
+            the ReLU) plus ``b`` times the skip path :meth:`skip`, the mean of the ``stride`` input
+            frames at the centre of each output frame's receptive field (needs ``in_channels ==
+            layer.channels``; no parameters, no gradient to the input here because the greedy
+            stack detaches it). ``None`` (default): no skip path.
 
     For ``time`` and ``window`` the buffers ``running_mean``/``running_var`` hold the statistics in
     use (for ``window``: those of the newest window, so that :meth:`forward_frames` of the window
@@ -120,15 +119,13 @@ class ConvModule(nn.Module):
         norm: str,
         momentum: float,
         product_dtype: torch.dtype = torch.float32,
-        residual: bool = False,
-        residual_scale: float = 1.0,
+        residual_weights: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
-        if residual and in_channels != layer.channels:
+        if residual_weights is not None and in_channels != layer.channels:
             raise ValueError(f"residual needs as many input channels as outputs, got {in_channels} -> {layer.channels}")
         self.layer = layer
-        self.residual = residual
-        self.residual_scale = residual_scale
+        self.residual_weights = residual_weights
         self._cast: tuple[torch.Tensor, torch.Tensor] | None = None  # inference's weights in product_dtype
         self._cast_key: tuple[int, ...] | None = None
         self.norm = norm
@@ -226,18 +223,19 @@ class ConvModule(nn.Module):
             if self.norm == "time" and update_statistics:
                 self._fold_statistics(*_channel_statistics(pre.detach()))
             output = self._normalise_and_rectify(pre)
-        if self.residual:
+        if self.residual_weights is not None:
             output = self._add_skip(output, self.skip(x))
         return output, pre
 
     def _add_skip(self, output: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        """``residual_scale * (output + skip)`` of two ``(1, C, T)`` tensors (in place of ``output``
-        where autograd does not need it)."""
+        """``a * output + b * skip`` of two ``(1, C, T)`` tensors, ``(a, b)`` the residual weights (in
+        place of ``output`` where autograd does not need it)."""
+        own, other = self.residual_weights
         if torch.is_grad_enabled() and output.requires_grad:
-            total = output + skip
-            return total if self.residual_scale == 1.0 else total * self.residual_scale
-        total = output.add_(skip)
-        return total if self.residual_scale == 1.0 else total.mul_(self.residual_scale)
+            return (output if own == 1.0 else output * own) + (skip if other == 1.0 else skip * other)
+        if own != 1.0:
+            output.mul_(own)
+        return output.add_(skip, alpha=other)
 
     def skip(self, x: torch.Tensor, first: int = 0, stop: int | None = None) -> torch.Tensor:
         """The residual path of a ``(1, C, T_in)`` input for output frames ``[first, stop)`` (default:
@@ -285,7 +283,7 @@ class ConvModule(nn.Module):
             mean = self.running_mean + (mean - mean.detach())  # the window's value, the recompute's gradient
             var = self.running_var + (var - var.detach())
             output = torch.relu(_standardise(pre, mean, var))
-        return self._add_skip(output, self.skip(x, first, stop)) if self.residual else output
+        return output if self.residual_weights is None else self._add_skip(output, self.skip(x, first, stop))
 
     def output_frames(self, input_frames: int) -> int:
         return (input_frames + 2 * self.layer.padding - self.layer.kernel) // self.layer.stride + 1

@@ -104,8 +104,7 @@ class OnlineLearner(StackLearner[AudioWindow | ActivationWindow]):
         for index, layer in enumerate(config.encoder.convs):
             module = ConvModule(
                 in_channels, layer, norm=config.encoder.module_norm(index), momentum=config.encoder.norm_momentum,
-                product_dtype=self.product_dtype, residual=config.encoder.residual and index > 0,
-                residual_scale=config.encoder.residual_scale,
+                product_dtype=self.product_dtype, residual_weights=config.encoder.residual_weights(index),
             )
             stride *= layer.stride
             memory = NegativeMemory(

@@ -97,16 +97,16 @@ def test_recompute_reusing_the_window_conv_has_the_recomputes_values_and_gradien
 
 @pytest.mark.parametrize(("kernel", "stride", "padding"), [(8, 4, 2), (4, 2, 2), (4, 2, 1)])
 @pytest.mark.parametrize("norm", ["window", "time"])
-@pytest.mark.parametrize("scale", [1.0, 0.5])
+@pytest.mark.parametrize("weights", [(1.0, 1.0), (0.25, 0.75)])
 def test_residual_recompute_equals_the_window_pass_at_the_edges_too(
-    kernel: int, stride: int, padding: int, norm: str, scale: float
+    kernel: int, stride: int, padding: int, norm: str, weights: tuple[float, float]
 ) -> None:
     """The GIM stack's upper layers: the skip path pads or trims the input ends as the layer does,
-    the output is ``scale`` times the plain module's output plus the skip path, and the recompute of
-    any frame range (the ends included) equals the window pass."""
+    the output weighs the plain module's output and the skip path by ``weights``, and the recompute
+    of any frame range (the ends included) equals the window pass."""
     torch.manual_seed(0)
     layer = ConvLayerConfig(channels=6, kernel=kernel, stride=stride, padding=padding)
-    module = ConvModule(6, layer, norm=norm, momentum=0.05, residual=True, residual_scale=scale)
+    module = ConvModule(6, layer, norm=norm, momentum=0.05, residual_weights=weights)
     x = torch.rand(1, 6, 257)
     whole = module.forward_window(x, update_statistics=True)
     frames = module.output_frames(257)
@@ -115,14 +115,15 @@ def test_residual_recompute_equals_the_window_pass_at_the_edges_too(
         assert torch.allclose(module.forward_frames(x, first, stop), whole[..., first:stop], atol=1e-5)
     plain = ConvModule(6, layer, norm=norm, momentum=0.05)
     plain.load_state_dict(module.state_dict())
-    assert torch.allclose(whole / scale - plain.forward_window(x, update_statistics=True), module.skip(x), atol=1e-5)
+    own, other = weights
+    assert torch.allclose(whole - own * plain.forward_window(x, update_statistics=True), other * module.skip(x), atol=1e-5)
     assert torch.equal(module.skip(x, 3, frames - 2), module.skip(x)[..., 3 : frames - 2])
 
 
 def test_residual_skip_is_the_mean_of_the_centre_of_each_receptive_field() -> None:
     """Kernel 4, stride 2, padding 2: output frame j reads input frames [2j - 2, 2j + 2); its skip is
     the mean of frames 2j - 1 and 2j (zero before the first frame)."""
-    module = ConvModule(1, ConvLayerConfig(channels=1, kernel=4, stride=2, padding=2), norm="none", momentum=0.05, residual=True)
+    module = ConvModule(1, ConvLayerConfig(channels=1, kernel=4, stride=2, padding=2), norm="none", momentum=0.05, residual_weights=(1.0, 1.0))
     x = torch.arange(1.0, 8.0)[None, None, :]  # frames 0..6 hold 1..7
     assert module.output_frames(7) == 4
     assert module.skip(x)[0, 0].tolist() == [0.5, 2.5, 4.5, 6.5]
@@ -130,7 +131,7 @@ def test_residual_skip_is_the_mean_of_the_centre_of_each_receptive_field() -> No
 
 def test_residual_needs_as_many_inputs_as_outputs() -> None:
     with pytest.raises(ValueError, match="residual needs"):
-        ConvModule(3, LAYER, norm="window", momentum=0.05, residual=True)
+        ConvModule(3, LAYER, norm="window", momentum=0.05, residual_weights=(1.0, 1.0))
 
 
 def test_inference_reuses_its_cast_weights_only_while_the_weights_are_unchanged() -> None:

@@ -121,9 +121,14 @@ def test_each_module_gets_its_configured_learning_rate() -> None:
         small_config(encoder=EncoderConfig(convs=SMALL_CONVS, gru_hidden=16), optim=OptimConfig(lr_per_module=rates[:3]))
 
 
-def test_residual_skips_every_conv_module_but_the_first() -> None:
-    learner = OnlineLearner(small_config(encoder=EncoderConfig(convs=SMALL_CONVS, residual=True)))
-    assert [stage.module.residual for stage in learner.stages[:3]] == [False, True, True]
+@pytest.mark.parametrize(
+    ("mix", "weights"), [("sum", [None, (1.0, 1.0), (1.0, 1.0)]), ("mean", [None, (0.5, 0.5), (0.5, 0.5)]),
+                         ("equal", [None, (1 / 2, 1 / 2), (1 / 3, 2 / 3)])],
+)
+def test_residual_skips_every_conv_module_but_the_first(mix: str, weights: list) -> None:
+    """``equal``: conv module i's output is the mean of i + 1 equally weighted module outputs."""
+    learner = OnlineLearner(small_config(encoder=EncoderConfig(convs=SMALL_CONVS, residual=True, residual_mix=mix)))
+    assert [stage.module.residual_weights for stage in learner.stages[:3]] == weights
     narrower = (*SMALL_CONVS[:2], SMALL_CONVS[2].model_copy(update={"channels": SMALL_CONVS[1].channels // 2}))
     with pytest.raises(ValueError, match="conv module 2 has"):
         EncoderConfig(convs=narrower, residual=True)
@@ -142,6 +147,7 @@ def test_residual_skips_every_conv_module_but_the_first() -> None:
         {"encoder": EncoderConfig(convs=SMALL_CONVS, gru_hidden=16, norm_per_module=("window", "time", "frame"))},
         {"pre_emphasis": 0.97},
         {"encoder": EncoderConfig(convs=SMALL_CONVS, gru_hidden=16, residual=True)},
+        {"encoder": EncoderConfig(convs=SMALL_CONVS, gru_hidden=16, residual=True, residual_mix="equal")},
         {"mode": "e2e", "encoder": EncoderConfig(convs=SMALL_CONVS, gru_hidden=16, gru="bptt", residual=True)},
         {"schedule": "round_robin"},
         {"schedule": "random"},
