@@ -160,7 +160,7 @@ class NegativeMemory:
         rows = self.sample_rows(anchor_positions, count, source_id=source_id)
         if rows is None:
             return None
-        return self._vectors(rows)
+        return self.vectors(rows)
 
     def sample_rows(self, anchor_positions: np.ndarray, count: int, *, source_id: str) -> np.ndarray | None:
         """Row indices behind :meth:`sample`: ``(m, count)`` int64, or ``None``."""
@@ -202,9 +202,10 @@ class NegativeMemory:
         first = allowed.argmax(axis=1)
         has_one = allowed[np.arange(len(first)), first]
         chosen = np.where(has_one, clipped[np.arange(len(first)), first], rows[:, 0])
-        return self._vectors(chosen)
+        return self.vectors(chosen)
 
-    def _vectors(self, rows: np.ndarray) -> torch.Tensor:
+    def vectors(self, rows: np.ndarray) -> torch.Tensor:
+        """The stored vectors of int64 ``rows`` (any shape): ``rows.shape + (dim,)`` float32."""
         flat = self.index.reconstruct_batch(rows.reshape(-1).astype(np.int64))
         return torch.from_numpy(flat).reshape(*rows.shape, self.dim)
 

@@ -130,22 +130,29 @@ class LocalObjective:
         self, anchor_positions: np.ndarray, count: int, source_id: str, pool: WindowPool
     ) -> torch.Tensor | None:
         """``(S, count, C)`` negatives: each from the window with probability ``window_share``, else
-        from the memory; ``None`` while the memory cannot serve (unless every one is from the window)."""
+        from the memory; ``None`` while the memory cannot serve (unless every one is from the window).
+        Both sources are drawn for every term (the draws do not depend on which source a term
+        takes), and only the chosen vectors are gathered."""
         shape = (len(pool.anchors), count)
-        window = self._window_negatives(pool, shape)
+        window = self._window_frames(pool, shape)
         if window is None:
             return None if self.window_share >= 1 else self.memory.sample(anchor_positions, count, source_id=source_id)
         if self.window_share >= 1:
-            return window
-        memory = self.memory.sample(anchor_positions, count, source_id=source_id)
-        if memory is None:
+            return pool.frames[window]
+        rows = self.memory.sample_rows(anchor_positions, count, source_id=source_id)
+        if rows is None:
             return None
         from_window = torch.rand(shape, generator=self.generator) < self.window_share
-        return torch.where(from_window[..., None], window, memory)
+        negatives = pool.frames.new_empty((*shape, pool.frames.shape[1]))
+        negatives[from_window] = pool.frames[window[from_window]]
+        from_memory = ~from_window
+        negatives[from_memory] = self.memory.vectors(rows[from_memory.numpy()])
+        return negatives
 
-    def _window_negatives(self, pool: WindowPool, shape: tuple[int, int]) -> torch.Tensor | None:
-        """``shape + (C,)`` frames of the window drawn uniformly outside each anchor's exclusion
-        zone ``[anchor - exclusion, anchor + exclusion]``; ``None`` if the zone covers the window."""
+    def _window_frames(self, pool: WindowPool, shape: tuple[int, int]) -> torch.Tensor | None:
+        """``shape`` int64 indices of frames of the window drawn uniformly outside each anchor's
+        exclusion zone ``[anchor - exclusion, anchor + exclusion]``; ``None`` if the zone covers the
+        window."""
         frames = pool.frames.shape[0]
         anchors = pool.anchors[:, None]
         first = (anchors - self.exclusion).clamp(min=0)
@@ -154,7 +161,7 @@ class LocalObjective:
         if int(allowed.min()) <= 0:
             return None
         draw = (torch.rand(shape, generator=self.generator) * allowed).long()
-        return pool.frames[draw + (draw >= first) * excluded]
+        return draw + (draw >= first) * excluded
 
     def _loss(self, pred: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> LossParts:
         kind = self.loss.kind
