@@ -111,7 +111,10 @@ class EncoderConfig(_Strict):
             (each module's output keeps about the size of one without the path, the lower modules'
             share halves at every module); ``equal``: ``(y + i s) / (i + 1)`` at conv module ``i``
             (0 = the lowest), every module below weighing the same, as in the sum, at the size of
-            one module's output.
+            one module's output; ``centred``: ``y + s - mean(s)``, the skip path less its running
+            per-channel mean (the sum up the stack keeps no growing constant offset), and each module
+            scores, remembers and draws window negatives from its own output ``y`` only (it learns
+            what it adds to the modules below; the top module, the GRU, reads and predicts the sum).
         eprop_chunk: steps per chunk of the e-prop trace update (memory ``O(chunk * width)``).
     """
 
@@ -122,7 +125,7 @@ class EncoderConfig(_Strict):
     norm_per_module: tuple[Norm, ...] | None = None
     norm_momentum: float = Field(default=0.05, gt=0, le=1)
     residual: bool = False
-    residual_mix: Literal["sum", "mean", "equal"] = "sum"
+    residual_mix: Literal["sum", "mean", "equal", "centred"] = "sum"
     eprop_chunk: int = Field(default=32, gt=0)
 
     @model_validator(mode="after")
@@ -146,7 +149,7 @@ class EncoderConfig(_Strict):
         ``None`` where it has no skip path (``residual`` off, or the lowest module)."""
         if not self.residual or index == 0:
             return None
-        if self.residual_mix == "sum":
+        if self.residual_mix in ("sum", "centred"):
             return 1.0, 1.0
         if self.residual_mix == "mean":
             return 0.5, 0.5

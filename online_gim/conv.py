@@ -105,6 +105,12 @@ class ConvModule(nn.Module):
             frames at the centre of each output frame's receptive field (needs ``in_channels ==
             layer.channels``; no parameters, no gradient to the input here because the greedy
             stack detaches it). ``None`` (default): no skip path.
+        centre_skip: with a skip path, subtract from it a running per-channel mean of the skip
+            path (buffer ``skip_mean``, folded in with weight ``momentum`` while learning, the first
+            window's as it is), so that the sum up the stack does not grow a constant offset; and
+            the module scores only its own output (:meth:`forward_frames` with ``skip=False``, the
+            ``own`` output of :meth:`forward_window_parts`): it learns what it adds to the stream
+            of the modules below.
 
     For ``time`` and ``window`` the buffers ``running_mean``/``running_var`` hold the statistics in
     use (for ``window``: those of the newest window, so that :meth:`forward_frames` of the window
@@ -120,12 +126,14 @@ class ConvModule(nn.Module):
         momentum: float,
         product_dtype: torch.dtype = torch.float32,
         residual_weights: tuple[float, float] | None = None,
+        centre_skip: bool = False,
     ) -> None:
         super().__init__()
         if residual_weights is not None and in_channels != layer.channels:
             raise ValueError(f"residual needs as many input channels as outputs, got {in_channels} -> {layer.channels}")
         self.layer = layer
         self.residual_weights = residual_weights
+        self.centre_skip = centre_skip and residual_weights is not None
         self._cast: tuple[torch.Tensor, torch.Tensor] | None = None  # inference's weights in product_dtype
         self._cast_key: tuple[int, ...] | None = None
         self.norm = norm
@@ -135,6 +143,9 @@ class ConvModule(nn.Module):
         self.register_buffer("running_mean", torch.zeros(layer.channels))
         self.register_buffer("running_var", torch.ones(layer.channels))
         self.register_buffer("stats_initialised", torch.zeros((), dtype=torch.bool))
+        if self.centre_skip:
+            self.register_buffer("skip_mean", torch.zeros(layer.channels))
+            self.register_buffer("skip_initialised", torch.zeros((), dtype=torch.bool))
 
     @property
     def out_channels(self) -> int:
@@ -213,19 +224,41 @@ class ConvModule(nn.Module):
         """:meth:`forward_window`, also returning the ``(1, C, T)`` conv output before the
         normalisation, in ``product_dtype`` (what :meth:`forward_frames` can reuse instead of
         convolving again)."""
+        _, output, pre = self.forward_window_parts(x, update_statistics=update_statistics)
+        return output, pre
+
+    def forward_window_parts(self, x: torch.Tensor, *, update_statistics: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward_window_keeping_conv` with the module's own ``(1, C, T)`` output before the
+        skip path: ``(own, output, conv)``; ``own`` is ``output`` itself without a skip path, and
+        shares its storage unless ``centre_skip`` (which scores ``own``)."""
         pre = self._convolve(x, self.layer.padding, keep_cast_weights=not update_statistics)
+        skip = self.skip(x) if self.residual_weights is not None else None
+        if self.centre_skip and update_statistics:
+            self._fold_skip_mean(skip.detach().mean(dim=2).view(-1))
         if self.norm == "window":
-            output, mean, var = _window_normalise(pre)
+            own, mean, var = _window_normalise(pre)
             if update_statistics:
                 self._fold_statistics(mean.detach(), var.detach())
         else:
             pre = pre.float()
             if self.norm == "time" and update_statistics:
                 self._fold_statistics(*_channel_statistics(pre.detach()))
-            output = self._normalise_and_rectify(pre)
-        if self.residual_weights is not None:
-            output = self._add_skip(output, self.skip(x))
-        return output, pre
+            own = self._normalise_and_rectify(pre)
+        if skip is None:
+            return own, own, pre
+        if self.centre_skip:
+            return own, self._add_skip(own.clone(), skip.sub_(self.skip_mean[:, None])), pre
+        return own, self._add_skip(own, skip), pre
+
+    @torch.no_grad()
+    def _fold_skip_mean(self, mean: torch.Tensor) -> None:
+        """Folds a window's ``(C,)`` skip-path mean into ``skip_mean``: as it is on the first window,
+        else with weight ``momentum``."""
+        if not bool(self.skip_initialised):
+            self.skip_mean.copy_(mean)
+            self.skip_initialised.fill_(True)
+        else:
+            self.skip_mean.lerp_(mean, self.momentum)
 
     def _add_skip(self, output: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """``a * output + b * skip`` of two ``(1, C, T)`` tensors, ``(a, b)`` the residual weights (in
@@ -254,7 +287,9 @@ class ConvModule(nn.Module):
             total.add_(inside[..., phase::stride])
         return total.div_(stride)
 
-    def forward_frames(self, x: torch.Tensor, first: int, stop: int, *, conv: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_frames(
+        self, x: torch.Tensor, first: int, stop: int, *, conv: torch.Tensor | None = None, skip: bool = True
+    ) -> torch.Tensor:
         """Recomputes output frames ``[first, stop)`` from the slice of the input they read.
 
         Args:
@@ -263,6 +298,7 @@ class ConvModule(nn.Module):
             conv: the window's ``(1, C, T)`` conv output from :meth:`forward_window_keeping_conv`
                 with the current weights; its frames are reused instead of convolving the slice
                 again (same values; the weight gradient is still that of the slice's convolution).
+            skip: add the skip path (if the module has one); ``False``: the module's own output.
         Returns:
             ``(1, C, stop - first)``, equal to ``forward_window(x)[..., first:stop]``. For ``window``
             norm its gradient also flows through the mean and variance of the recomputed
@@ -283,7 +319,10 @@ class ConvModule(nn.Module):
             mean = self.running_mean + (mean - mean.detach())  # the window's value, the recompute's gradient
             var = self.running_var + (var - var.detach())
             output = torch.relu(_standardise(pre, mean, var))
-        return output if self.residual_weights is None else self._add_skip(output, self.skip(x, first, stop))
+        if self.residual_weights is None or not skip:
+            return output
+        path = self.skip(x, first, stop)
+        return self._add_skip(output, path.sub_(self.skip_mean[:, None]) if self.centre_skip else path)
 
     def output_frames(self, input_frames: int) -> int:
         return (input_frames + 2 * self.layer.padding - self.layer.kernel) // self.layer.stride + 1

@@ -105,6 +105,7 @@ class OnlineLearner(StackLearner[AudioWindow | ActivationWindow]):
             module = ConvModule(
                 in_channels, layer, norm=config.encoder.module_norm(index), momentum=config.encoder.norm_momentum,
                 product_dtype=self.product_dtype, residual_weights=config.encoder.residual_weights(index),
+                centre_skip=config.encoder.residual_mix == "centred",
             )
             stride *= layer.stride
             memory = NegativeMemory(
@@ -231,7 +232,7 @@ class OnlineLearner(StackLearner[AudioWindow | ActivationWindow]):
         """Encodes the window with the whole conv stack (folding its statistics), has the step guard
         check the encodings before anything is committed, then writes each module's memory and
         updates the scheduled modules, bottom to top, and runs the GRU."""
-        outputs, convs, forward_seconds = self._encode(x)
+        outputs, owns, convs, forward_seconds = self._encode(x)
         self._guard.verify(outputs=outputs)  # before any memory write or weight update
         inputs = [x, *outputs[:-1]]
         reports: list[ModuleReport] = []
@@ -239,32 +240,37 @@ class OnlineLearner(StackLearner[AudioWindow | ActivationWindow]):
         for index, stage in enumerate(self.stages):
             started = time.perf_counter() - (forward_seconds[index] if index < len(outputs) else 0.0)
             if index < self._convs:
-                frames = outputs[index][0].T  # (T, C)
+                scored = owns[index][0].T  # (T, C): what the module scores (its output, or its own part)
                 if not context.replay:
-                    self._remember(stage, frames, context)
-                parts = self._update_conv(stage, inputs[index], convs[index], frames, context) if index in scheduled else None
+                    self._remember(stage, scored, context)
+                parts = self._update_conv(stage, inputs[index], convs[index], scored, context) if index in scheduled else None
+                frames = outputs[index][0].T
             else:
                 frames, parts = self._run_gru(stage, outputs[-1][0].T, context, learn=index in scheduled)
             embeddings.append(frames)
-            reports.append(self._module_report(self.first_module + index, parts, frames, started))
+            reports.append(self._module_report(self.first_module + index, parts, scored if index < self._convs else frames, started))
         return reports, embeddings
 
     @torch.no_grad()
-    def _encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float]]:
+    def _encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[float]]:
         """Runs the conv modules on the ``(1, 1, n)`` normalised window, folding it into their running
-        statistics. Returns each conv module's ``(1, C, T)`` output, its ``(1, C, T)`` conv output
-        before the normalisation (reused by the scored recompute), and the seconds it took."""
+        statistics. Returns each conv module's ``(1, C, T)`` output, the ``(1, C, T)`` output it
+        scores (the same tensor, or its own part under ``centred`` skip paths), its ``(1, C, T)``
+        conv output before the normalisation (reused by the scored recompute), and the seconds it
+        took."""
         outputs: list[torch.Tensor] = []
+        owns: list[torch.Tensor] = []
         convs: list[torch.Tensor] = []
         seconds: list[float] = []
         h = x
         for stage in self.stages[: self._convs]:
             started = time.perf_counter()
-            h, conv = stage.module.forward_window_keeping_conv(h, update_statistics=True)
+            own, h, conv = stage.module.forward_window_parts(h, update_statistics=True)
             outputs.append(h)
+            owns.append(own if stage.module.centre_skip else h)
             convs.append(conv)
             seconds.append(time.perf_counter() - started)
-        return outputs, convs, seconds
+        return outputs, owns, convs, seconds
 
     def _module_report(self, index: int, parts: LossParts | None, frames: torch.Tensor, started: float) -> ModuleReport:
         return module_report(index, parts, frames, started)
@@ -310,7 +316,9 @@ class OnlineLearner(StackLearner[AudioWindow | ActivationWindow]):
         output (window negatives)."""
         first, count = self._anchors(stage, conv.shape[2])
         steps = self.config.loss.prediction_steps
-        recomputed = stage.module.forward_frames(inputs, first, first + count + steps, conv=conv)[0].T  # (count + K, C)
+        recomputed = stage.module.forward_frames(
+            inputs, first, first + count + steps, conv=conv, skip=not stage.module.centre_skip
+        )[0].T  # (count + K, C)
         anchors = torch.arange(count)
         positions = context.window.start_sample + (first + anchors.numpy()) * stage.stride
         pool = WindowPool(frames, anchors + first)

@@ -123,12 +123,13 @@ def test_each_module_gets_its_configured_learning_rate() -> None:
 
 @pytest.mark.parametrize(
     ("mix", "weights"), [("sum", [None, (1.0, 1.0), (1.0, 1.0)]), ("mean", [None, (0.5, 0.5), (0.5, 0.5)]),
-                         ("equal", [None, (1 / 2, 1 / 2), (1 / 3, 2 / 3)])],
+                         ("equal", [None, (1 / 2, 1 / 2), (1 / 3, 2 / 3)]), ("centred", [None, (1.0, 1.0), (1.0, 1.0)])],
 )
 def test_residual_skips_every_conv_module_but_the_first(mix: str, weights: list) -> None:
     """``equal``: conv module i's output is the mean of i + 1 equally weighted module outputs."""
     learner = OnlineLearner(small_config(encoder=EncoderConfig(convs=SMALL_CONVS, residual=True, residual_mix=mix)))
     assert [stage.module.residual_weights for stage in learner.stages[:3]] == weights
+    assert [stage.module.centre_skip for stage in learner.stages[:3]] == [False, mix == "centred", mix == "centred"]
     narrower = (*SMALL_CONVS[:2], SMALL_CONVS[2].model_copy(update={"channels": SMALL_CONVS[1].channels // 2}))
     with pytest.raises(ValueError, match="conv module 2 has"):
         EncoderConfig(convs=narrower, residual=True)
@@ -148,6 +149,7 @@ def test_residual_skips_every_conv_module_but_the_first(mix: str, weights: list)
         {"pre_emphasis": 0.97},
         {"encoder": EncoderConfig(convs=SMALL_CONVS, gru_hidden=16, residual=True)},
         {"encoder": EncoderConfig(convs=SMALL_CONVS, gru_hidden=16, residual=True, residual_mix="equal")},
+        {"encoder": EncoderConfig(convs=SMALL_CONVS, gru_hidden=16, residual=True, residual_mix="centred")},
         {"mode": "e2e", "encoder": EncoderConfig(convs=SMALL_CONVS, gru_hidden=16, gru="bptt", residual=True)},
         {"schedule": "round_robin"},
         {"schedule": "random"},
