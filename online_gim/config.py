@@ -100,21 +100,20 @@ class EncoderConfig(_Strict):
         residual: every conv module above the first adds to its output the mean of the input
             frames at the centre of each output frame's receptive field (a skip path with no
             weights: what a module below encoded reaches the top even where the modules between
-            do not re-encode it); needs equal channel counts from the second module up. Default
-            ``False`` (the published GIM/CLAPP stack). ``True`` lifted the top module's speaker
-            probes on real speech from about 11 to 36 % per frame in two seeds, phones unchanged
-            (docs/eval/real-speech.md, question 11); not the default: the skip path's sum grows up
-            the stack, and with it the upper modules' losses stay above chance longer at the start
-            of a stream and GRU units stay negative over whole windows.
+            do not re-encode it), weighed as ``residual_mix`` says; needs equal channel counts from
+            the second module up. Default ``True`` with ``centred`` (docs/eval/real-speech.md,
+            questions 11 and 13); ``False``: the published GIM/CLAPP stack.
         residual_mix: how a conv module with ``residual`` weighs its own output ``y`` and the skip
-            path ``s``: ``sum`` (default): ``y + s``, which grows up the stack; ``mean``: ``(y + s) / 2``
-            (each module's output keeps about the size of one without the path, the lower modules'
-            share halves at every module); ``equal``: ``(y + i s) / (i + 1)`` at conv module ``i``
-            (0 = the lowest), every module below weighing the same, as in the sum, at the size of
-            one module's output; ``centred``: ``y + s - mean(s)``, the skip path less its running
-            per-channel mean (the sum up the stack keeps no growing constant offset), and each module
-            scores, remembers and draws window negatives from its own output ``y`` only (it learns
-            what it adds to the modules below; the top module, the GRU, reads and predicts the sum).
+            path ``s``. ``centred`` (default): ``y + s - mean(s)``, the skip path less its running
+            per-channel mean (the sum up the stack keeps no growing constant offset), and each
+            module scores, remembers and draws window negatives from its own output ``y`` only (it
+            learns what it adds to the modules below; the top module, the GRU, reads and predicts
+            the sum). ``sum``: ``y + s``, scored whole; its constant offset grows up the stack, the
+            upper modules' losses stay above chance longer at the start of a stream and GRU units
+            stay negative over whole windows. ``mean``: ``(y + s) / 2`` (each module's output keeps
+            about the size of one without the path, the lower modules' share halves at every
+            module); ``equal``: ``(y + i s) / (i + 1)`` at conv module ``i`` (0 = the lowest), every
+            module below weighing the same, at the size of one module's output.
         eprop_chunk: steps per chunk of the e-prop trace update (memory ``O(chunk * width)``).
     """
 
@@ -124,8 +123,8 @@ class EncoderConfig(_Strict):
     norm: Norm = "window"
     norm_per_module: tuple[Norm, ...] | None = None
     norm_momentum: float = Field(default=0.05, gt=0, le=1)
-    residual: bool = False
-    residual_mix: Literal["sum", "mean", "equal", "centred"] = "sum"
+    residual: bool = True
+    residual_mix: Literal["sum", "mean", "equal", "centred"] = "centred"
     eprop_chunk: int = Field(default=32, gt=0)
 
     @model_validator(mode="after")
@@ -140,7 +139,8 @@ class EncoderConfig(_Strict):
                 if below.channels != layer.channels:
                     raise ValueError(
                         f"residual needs equal channels: conv module {index} has {layer.channels}, "
-                        f"the module below it {below.channels}"
+                        f"the module below it {below.channels} (encoder.residual: false builds the stack "
+                        "without the skip path)"
                     )
         return self
 
@@ -315,6 +315,8 @@ class LearnerConfig(_Strict, SavedConfig):
     FIELDS_ADDED_LATER: ClassVar[dict[str, object]] = {
         "input_gain": "stream",
         "memory.window_negatives": 0.0,
+        "encoder.residual": False,
+        "encoder.residual_mix": "sum",
     }
 
     @model_validator(mode="after")

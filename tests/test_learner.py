@@ -247,16 +247,20 @@ def test_a_part_of_the_stack_refuses_what_it_cannot_hold_or_learn() -> None:
 def test_a_state_older_than_a_changed_default_is_read_as_the_learner_that_wrote_it() -> None:
     """A state saved before ``input_gain``, ``memory.window_negatives`` and ``encoder.residual``
     existed was written by a learner with a stream gain, memory negatives only and no skip path:
-    today's defaults refuse it, naming the field, and a configuration with those values resumes it."""
+    today's defaults refuse it, naming the field, and a configuration with those values resumes it.
+    One saved before ``encoder.residual_mix`` with a skip path had the plain sum."""
     old = small_config(input_gain="stream", memory=MemoryConfig(capacity=256, writes_per_window=32, window_negatives=0.0),
-                       encoder=EncoderConfig(convs=SMALL_CONVS, gru_hidden=16, residual=False))
+                       encoder=EncoderConfig(convs=SMALL_CONVS, gru_hidden=16, residual=False, residual_mix="sum"))
     learner = OnlineLearner(old)
     for window in _windows(old, 3):
         learner.step(window)
     state = learner.state_dict()
     saved = copy.deepcopy(state["config"])
     del saved["input_gain"], saved["memory"]["window_negatives"], saved["encoder"]["residual"]
+    del saved["encoder"]["residual_mix"]
     assert LearnerConfig.from_saved(saved) == old
+    with_sum = {**saved, "encoder": {**saved["encoder"], "residual": True}}
+    assert LearnerConfig.from_saved(with_sum).encoder.residual_mix == "sum"
     with pytest.raises(ValueError, match="different config: input_gain: saved 'stream', now 'local'"):
         OnlineLearner(small_config()).load_state_dict({**state, "config": saved})
     resumed = OnlineLearner(old)
