@@ -229,8 +229,9 @@ class ConvModule(nn.Module):
 
     def forward_window_parts(self, x: torch.Tensor, *, update_statistics: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`forward_window_keeping_conv` with the module's own ``(1, C, T)`` output before the
-        skip path: ``(own, output, conv)``; ``own`` is ``output`` itself without a skip path, and
-        shares its storage unless ``centre_skip`` (which scores ``own``)."""
+        skip path: ``(own, output, conv)``. ``own`` is a tensor of its own only with ``centre_skip``
+        while learning (``update_statistics``: the module scores ``own``); otherwise the skip path
+        may have been added into its storage (read ``output``)."""
         pre = self._convolve(x, self.layer.padding, keep_cast_weights=not update_statistics)
         skip = self.skip(x) if self.residual_weights is not None else None
         if self.centre_skip and update_statistics:
@@ -247,7 +248,8 @@ class ConvModule(nn.Module):
         if skip is None:
             return own, own, pre
         if self.centre_skip:
-            return own, self._add_skip(own.clone(), skip.sub_(self.skip_mean[:, None])), pre
+            base = own.clone() if update_statistics else own
+            return own, self._add_skip(base, skip.sub_(self.skip_mean[:, None])), pre
         return own, self._add_skip(own, skip), pre
 
     @torch.no_grad()
