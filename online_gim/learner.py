@@ -247,8 +247,9 @@ class OnlineLearner(StackLearner[AudioWindow | ActivationWindow]):
                 frames = outputs[index][0].T
             else:
                 frames, parts = self._run_gru(stage, outputs[-1][0].T, context, learn=index in scheduled)
+                scored = frames
             embeddings.append(frames)
-            reports.append(self._module_report(self.first_module + index, parts, scored if index < self._convs else frames, started))
+            reports.append(self._module_report(self.first_module + index, parts, scored, started))
         return reports, embeddings
 
     @torch.no_grad()
