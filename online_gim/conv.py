@@ -229,9 +229,10 @@ class ConvModule(nn.Module):
 
     def forward_window_parts(self, x: torch.Tensor, *, update_statistics: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`forward_window_keeping_conv` with the module's own ``(1, C, T)`` output before the
-        skip path: ``(own, output, conv)``. ``own`` is a tensor of its own only with ``centre_skip``
-        while learning (``update_statistics``: the module scores ``own``); otherwise the skip path
-        may have been added into its storage (read ``output``)."""
+        skip path: ``(own, output, conv)``. ``own`` keeps its values only with ``centre_skip``
+        while learning (``update_statistics``: the module scores ``own``; the sum is made in the
+        skip path's storage); otherwise the skip path may have been added into its storage (read
+        ``output``)."""
         pre = self._convolve(x, self.layer.padding, keep_cast_weights=not update_statistics)
         skip = self.skip(x) if self.residual_weights is not None else None
         if self.centre_skip and update_statistics:
@@ -247,9 +248,8 @@ class ConvModule(nn.Module):
             own = self._normalise_and_rectify(pre)
         if skip is None:
             return own, own, pre
-        if self.centre_skip:
-            base = own.clone() if update_statistics else own
-            return own, self._add_skip(base, skip.sub_(self.skip_mean[:, None])), pre
+        if self.centre_skip:  # while learning, the sum goes into the skip path's storage: own stays as it is
+            return own, self._add_skip(own, skip.sub_(self.skip_mean[:, None]), into_skip=update_statistics), pre
         return own, self._add_skip(own, skip), pre
 
     @torch.no_grad()
@@ -262,12 +262,17 @@ class ConvModule(nn.Module):
         else:
             self.skip_mean.lerp_(mean, self.momentum)
 
-    def _add_skip(self, output: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        """``a * output + b * skip`` of two ``(1, C, T)`` tensors, ``(a, b)`` the residual weights (in
-        place of ``output`` where autograd does not need it)."""
+    def _add_skip(self, output: torch.Tensor, skip: torch.Tensor, *, into_skip: bool = False) -> torch.Tensor:
+        """``a * output + b * skip`` of two ``(1, C, T)`` tensors, ``(a, b)`` the residual weights:
+        where autograd does not need them, in place of ``output`` (or of ``skip`` with
+        ``into_skip``, leaving ``output`` as it is)."""
         own, other = self.residual_weights
-        if torch.is_grad_enabled() and output.requires_grad:
+        if torch.is_grad_enabled() and (output.requires_grad or skip.requires_grad):
             return (output if own == 1.0 else output * own) + (skip if other == 1.0 else skip * other)
+        if into_skip:
+            if other != 1.0:
+                skip.mul_(other)
+            return skip.add_(output, alpha=own)
         if own != 1.0:
             output.mul_(own)
         return output.add_(skip, alpha=other)
