@@ -34,6 +34,19 @@ class MemoryHit:
     phone: int
 
 
+DRAWS_PER_NEGATIVE = 2
+"""Rows drawn per negative wanted by :meth:`NegativeMemory.sample_rows` before its exact fallback."""
+
+
+def _repeats(draws: np.ndarray) -> np.ndarray:
+    """``(m, d)`` bool: whether each draw repeats an earlier draw of its row."""
+    order = np.argsort(draws, axis=1, kind="stable")  # equal values keep their draw order
+    ordered = np.take_along_axis(draws, order, axis=1)
+    repeated = np.zeros_like(draws, dtype=bool)
+    np.put_along_axis(repeated, order[:, 1:], ordered[:, 1:] == ordered[:, :-1], axis=1)
+    return repeated
+
+
 class NegativeMemory:
     """A bounded FIFO of past encodings held in a ``faiss.IndexFlatIP``, each tagged with its stream
     position, stream id, the model step that wrote it and its labels when known. Only finite
@@ -163,15 +176,31 @@ class NegativeMemory:
         return self.vectors(rows)
 
     def sample_rows(self, anchor_positions: np.ndarray, count: int, *, source_id: str) -> np.ndarray | None:
-        """Row indices behind :meth:`sample`: ``(m, count)`` int64, or ``None``."""
-        if len(self) == 0:
+        """Row indices behind :meth:`sample`: ``(m, count)`` int64, or ``None``.
+
+        Each anchor draws ``DRAWS_PER_NEGATIVE * count`` rows uniformly with replacement and keeps
+        the first ``count`` distinct allowed ones (sampling without replacement by rejection: a
+        uniform subset of the allowed entries); an anchor left short, as when most entries are
+        excluded or the memory is nearly empty, is drawn from its whole allowed set instead."""
+        entries = len(self)
+        if entries == 0:
             return None
-        allowed = self._allowed(anchor_positions, source_id)
-        if int(allowed.sum(axis=1).min()) < count:
-            return None
-        keys = self._rng.random(allowed.shape)
-        keys[~allowed] = -1.0
-        return np.argpartition(-keys, count - 1, axis=1)[:, :count].astype(np.int64)
+        m = len(anchor_positions)
+        draws = self._rng.integers(0, entries, size=(m, DRAWS_PER_NEGATIVE * count))
+        code = self.source_names.index(source_id) if source_id in self.source_names else -1
+        near = np.abs(self.positions[draws] - anchor_positions[:, None]) <= self.exclusion_samples
+        keep = ~(near & (self.sources[draws] == code)) & ~_repeats(draws)
+        short = keep.sum(axis=1) < count
+        first = np.argsort(~keep, axis=1, kind="stable")[:, :count]  # the first `count` kept, in draw order
+        rows = np.take_along_axis(draws, first, axis=1)
+        if short.any():
+            allowed = self._allowed(anchor_positions[short], source_id)
+            if int(allowed.sum(axis=1).min()) < count:
+                return None
+            keys = self._rng.random(allowed.shape)
+            keys[~allowed] = -1.0
+            rows[short] = np.argpartition(-keys, count - 1, axis=1)[:, :count]
+        return rows.astype(np.int64)
 
     def hardest(
         self, queries: torch.Tensor, anchor_positions: np.ndarray, *, source_id: str

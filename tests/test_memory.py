@@ -1,6 +1,7 @@
 """The FAISS negative memory: bounded, FIFO, never serves the anchor's neighbours."""
 
 import numpy as np
+import pytest
 import torch
 
 from online_gim.config import MemoryConfig
@@ -40,6 +41,26 @@ def test_negatives_never_come_from_the_exclusion_window() -> None:
         assert distance.min() > 30
         # distinct negatives per anchor
         assert all(len(set(row.tolist())) == 12 for row in negatives[..., 0])
+
+
+@pytest.mark.parametrize("excluded_share", [0.1, 0.9])
+def test_negatives_are_a_uniform_distinct_draw_of_the_allowed_entries(excluded_share: float) -> None:
+    """Each allowed entry is drawn about equally often, an excluded one never, none twice for one
+    anchor; with most entries excluded (0.9) the rejection draws fall short and the exact draw over
+    the allowed set takes over, with the same distribution."""
+    memory = NegativeMemory(4, MemoryConfig(capacity=100), exclusion_samples=int(excluded_share * 100 * 10 / 2), seed=0)
+    positions = np.arange(100, dtype=np.int64) * 10  # vector value = row
+    memory.add(torch.from_numpy(np.arange(100, dtype=np.float32)[:, None].repeat(4, axis=1)), positions, source_id="s", step=0)
+    anchor = np.array([500])
+    allowed = np.abs(positions - 500) > memory.exclusion_samples
+    counts = np.zeros(100)
+    for _ in range(2000):
+        rows = memory.sample(anchor, 6, source_id="s")[0, :, 0].long().numpy()
+        assert len(set(rows.tolist())) == 6
+        counts[rows] += 1
+    assert counts[~allowed].sum() == 0
+    expected = 2000 * 6 / allowed.sum()
+    assert np.all(np.abs(counts[allowed] - expected) < 5 * np.sqrt(expected)), (counts[allowed].min(), counts[allowed].max(), expected)
 
 
 def test_other_streams_are_not_excluded() -> None:
