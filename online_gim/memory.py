@@ -153,11 +153,13 @@ class NegativeMemory:
         self.phones = self.phones[count:]
         self.speakers = self.speakers[count:]
 
-    def _allowed(self, anchor_positions: np.ndarray, source_id: str) -> np.ndarray:
-        """``(m, n)`` mask: entry j may serve as a negative of anchor i."""
+    def _allowed(self, anchor_positions: np.ndarray, source_id: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """``(m, d)`` mask: whether entry ``rows[i, j]`` may serve as a negative of anchor ``i``
+        (``rows``: ``(m, d)`` or ``(1, d)`` int; default every entry, ``d = n``)."""
+        rows = np.arange(len(self))[None, :] if rows is None else rows
         code = self.source_names.index(source_id) if source_id in self.source_names else -1
-        near = np.abs(self.positions[None, :] - anchor_positions[:, None]) <= self.exclusion_samples
-        return ~(near & (self.sources[None, :] == code))
+        near = np.abs(self.positions[rows] - anchor_positions[:, None]) <= self.exclusion_samples
+        return ~(near & (self.sources[rows] == code))
 
     def sample(self, anchor_positions: np.ndarray, count: int, *, source_id: str) -> torch.Tensor | None:
         """Draws ``count`` distinct negatives per anchor, uniformly among the allowed entries.
@@ -185,11 +187,8 @@ class NegativeMemory:
         entries = len(self)
         if entries == 0:
             return None
-        m = len(anchor_positions)
-        draws = self._rng.integers(0, entries, size=(m, DRAWS_PER_NEGATIVE * count))
-        code = self.source_names.index(source_id) if source_id in self.source_names else -1
-        near = np.abs(self.positions[draws] - anchor_positions[:, None]) <= self.exclusion_samples
-        keep = ~(near & (self.sources[draws] == code)) & ~_repeats(draws)
+        draws = self._rng.integers(0, entries, size=(len(anchor_positions), DRAWS_PER_NEGATIVE * count))
+        keep = self._allowed(anchor_positions, source_id, draws) & ~_repeats(draws)
         short = keep.sum(axis=1) < count
         first = np.argsort(~keep, axis=1, kind="stable")[:, :count]  # the first `count` kept, in draw order
         rows = np.take_along_axis(draws, first, axis=1)
@@ -223,11 +222,9 @@ class NegativeMemory:
         pool = min(self.config.hard_pool, len(self))
         data = np.ascontiguousarray(queries.detach().to(torch.float32).numpy())
         _, candidates = self.index.search(data, pool)
-        code = self.source_names.index(source_id)
         safe = candidates >= 0
         clipped = np.where(safe, candidates, 0)
-        near = np.abs(self.positions[clipped] - anchor_positions[:, None]) <= self.exclusion_samples
-        allowed = safe & ~(near & (self.sources[clipped] == code))
+        allowed = safe & self._allowed(anchor_positions, source_id, clipped)
         first = allowed.argmax(axis=1)
         has_one = allowed[np.arange(len(first)), first]
         chosen = np.where(has_one, clipped[np.arange(len(first)), first], rows[:, 0])
