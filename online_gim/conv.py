@@ -106,11 +106,11 @@ class ConvModule(nn.Module):
             layer.channels``; no parameters, no gradient to the input here because the greedy
             stack detaches it). ``None`` (default): no skip path.
         centre_skip: with a skip path, subtract from it a running per-channel mean of the skip
-            path (buffer ``skip_mean``, folded in with weight ``momentum`` while learning, the first
-            window's as it is), so that the sum up the stack does not grow a constant offset; and
-            the module scores only its own output (:meth:`forward_frames` with ``skip=False``, the
-            ``own`` output of :meth:`forward_window_parts`): it learns what it adds to the stream
-            of the modules below.
+            path (buffer ``running_skip_mean``, folded in with weight ``momentum`` while learning,
+            the first window's as it is), so that the sum up the stack does not grow a constant
+            offset; and the module scores only its own output (:meth:`forward_frames` with
+            ``skip=False``, the ``own`` output of :meth:`forward_window_parts`): it learns what it
+            adds to the stream of the modules below.
 
     For ``time`` and ``window`` the buffers ``running_mean``/``running_var`` hold the statistics in
     use (for ``window``: those of the newest window, so that :meth:`forward_frames` of the window
@@ -144,7 +144,7 @@ class ConvModule(nn.Module):
         self.register_buffer("running_var", torch.ones(layer.channels))
         self.register_buffer("stats_initialised", torch.zeros((), dtype=torch.bool))
         if self.centre_skip:
-            self.register_buffer("skip_mean", torch.zeros(layer.channels))
+            self.register_buffer("running_skip_mean", torch.zeros(layer.channels))
             self.register_buffer("skip_initialised", torch.zeros((), dtype=torch.bool))
 
     @property
@@ -249,18 +249,18 @@ class ConvModule(nn.Module):
         if skip is None:
             return own, own, pre
         if self.centre_skip:  # while learning, the sum goes into the skip path's storage: own stays as it is
-            return own, self._add_skip(own, skip.sub_(self.skip_mean[:, None]), into_skip=update_statistics), pre
+            return own, self._add_skip(own, skip.sub_(self.running_skip_mean[:, None]), into_skip=update_statistics), pre
         return own, self._add_skip(own, skip), pre
 
     @torch.no_grad()
     def _fold_skip_mean(self, mean: torch.Tensor) -> None:
-        """Folds a window's ``(C,)`` skip-path mean into ``skip_mean``: as it is on the first window,
-        else with weight ``momentum``."""
+        """Folds a window's ``(C,)`` skip-path mean into ``running_skip_mean``: as it is on the first
+        window, else with weight ``momentum``."""
         if not bool(self.skip_initialised):
-            self.skip_mean.copy_(mean)
+            self.running_skip_mean.copy_(mean)
             self.skip_initialised.fill_(True)
         else:
-            self.skip_mean.lerp_(mean, self.momentum)
+            self.running_skip_mean.lerp_(mean, self.momentum)
 
     def _add_skip(self, output: torch.Tensor, skip: torch.Tensor, *, into_skip: bool = False) -> torch.Tensor:
         """``a * output + b * skip`` of two ``(1, C, T)`` tensors, ``(a, b)`` the residual weights:
@@ -329,7 +329,7 @@ class ConvModule(nn.Module):
         if self.residual_weights is None or not skip:
             return output
         path = self.skip(x, first, stop)
-        return self._add_skip(output, path.sub_(self.skip_mean[:, None]) if self.centre_skip else path)
+        return self._add_skip(output, path.sub_(self.running_skip_mean[:, None]) if self.centre_skip else path)
 
     def output_frames(self, input_frames: int) -> int:
         return (input_frames + 2 * self.layer.padding - self.layer.kernel) // self.layer.stride + 1

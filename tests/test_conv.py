@@ -122,7 +122,7 @@ def test_residual_recompute_equals_the_window_pass_at_the_edges_too(
 
 @pytest.mark.parametrize("norm", ["window", "time"])
 def test_a_centred_skip_path_loses_its_running_mean_and_the_module_scores_its_own_output(norm: str) -> None:
-    """``centre_skip``: output = own + skip - skip_mean (the first window's mean, then a running mean
+    """``centre_skip``: output = own + skip - running_skip_mean (the first window's mean, then a running mean
     with weight ``momentum``; inference leaves it as it is); ``forward_frames(skip=False)`` recomputes
     the own part, with the skip path the whole output."""
     torch.manual_seed(0)
@@ -130,15 +130,15 @@ def test_a_centred_skip_path_loses_its_running_mean_and_the_module_scores_its_ow
     module = ConvModule(6, layer, norm=norm, momentum=0.25, residual_weights=(1.0, 1.0), centre_skip=True)
     first, second = torch.rand(1, 6, 101), torch.rand(1, 6, 101) + 1.0
     module.forward_window(first, update_statistics=True)
-    assert torch.allclose(module.skip_mean, module.skip(first).mean(dim=2)[0])
+    assert torch.allclose(module.running_skip_mean, module.skip(first).mean(dim=2)[0])
     own, output, _ = module.forward_window_parts(second, update_statistics=True)
     expected_mean = torch.lerp(module.skip(first).mean(dim=2)[0], module.skip(second).mean(dim=2)[0], 0.25)
-    assert torch.allclose(module.skip_mean, expected_mean)
+    assert torch.allclose(module.running_skip_mean, expected_mean)
     assert torch.allclose(output, own + module.skip(second) - expected_mean[:, None], atol=1e-6)
     assert torch.allclose(module.forward_frames(second, 5, 30, skip=False), own[..., 5:30], atol=1e-5)
     assert torch.allclose(module.forward_frames(second, 5, 30), output[..., 5:30], atol=1e-5)
     module.forward_window(first, update_statistics=False)
-    assert torch.allclose(module.skip_mean, expected_mean)
+    assert torch.allclose(module.running_skip_mean, expected_mean)
 
 
 def test_residual_skip_is_the_mean_of_the_centre_of_each_receptive_field() -> None:

@@ -18,7 +18,7 @@ What is averaged and what stays local:
 - local, the negative memories: a memory holds encodings of its replica's own stream, which are
   the negatives of that stream's loss (and its exclusion zones are positions in that stream);
 - local, the running statistics (the input level, ``time`` norm's per-channel mean and variance,
-  ``window`` norm's newest window): they describe the replica's own stream and device, like a
+  ``window`` norm's newest window, the centred skip path's running mean): they describe the replica's own stream and device, like a
   microphone's gain; they are not learned by gradients, and the default ``window`` norm keeps only
   the statistics of the window being learned;
 - local, the online probes and the GRU's state and traces: a readout of, and the recurrent state
