@@ -44,6 +44,22 @@ def _window_normalise(pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     return output, mean.view(-1), var.view(-1)
 
 
+@torch.no_grad()
+def _fold_running(
+    pairs: tuple[tuple[torch.Tensor, torch.Tensor], ...], initialised: torch.Tensor, momentum: float, *, replace: bool
+) -> None:
+    """Folds each ``(running, value)`` pair of same-shape tensors: ``value`` copied into ``running``
+    on the first window (``initialised`` false, then set) or with ``replace``, else ``running``
+    moved towards it with weight ``momentum``."""
+    first = not bool(initialised)
+    for running, value in pairs:
+        if first or replace:
+            running.copy_(value)
+        else:
+            running.lerp_(value, momentum)
+    initialised.fill_(True)
+
+
 class _ConvWithKnownOutput(torch.autograd.Function):
     """A stride-``s`` Conv1d (no padding) whose output is already known, e.g. a slice of the window
     pass: forward returns (a copy of) that output, backward the weight and bias gradients of the
@@ -193,17 +209,13 @@ class ConvModule(nn.Module):
             pre = (pre - mean) * torch.rsqrt(var + _EPS)
         return torch.relu(pre)
 
-    @torch.no_grad()
     def _fold_statistics(self, mean: torch.Tensor, var: torch.Tensor) -> None:
         """Stores a window's ``(C,)`` per-channel mean and variance: as they are (``window``, or the
         first window), else folded into the running averages with weight ``momentum``."""
-        if not bool(self.stats_initialised) or self.norm == "window":
-            self.running_mean.copy_(mean)
-            self.running_var.copy_(var)
-            self.stats_initialised.fill_(True)
-        else:
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(var, self.momentum)
+        _fold_running(
+            ((self.running_mean, mean), (self.running_var, var)), self.stats_initialised, self.momentum,
+            replace=self.norm == "window",
+        )
 
     def forward_window(self, x: torch.Tensor, *, update_statistics: bool) -> torch.Tensor:
         """Runs the module on a whole window (with autograd if enabled by the caller).
@@ -252,15 +264,10 @@ class ConvModule(nn.Module):
             return own, self._add_skip(own, skip.sub_(self.running_skip_mean[:, None]), into_skip=update_statistics), pre
         return own, self._add_skip(own, skip), pre
 
-    @torch.no_grad()
     def _fold_skip_mean(self, mean: torch.Tensor) -> None:
         """Folds a window's ``(C,)`` skip-path mean into ``running_skip_mean``: as it is on the first
         window, else with weight ``momentum``."""
-        if not bool(self.skip_initialised):
-            self.running_skip_mean.copy_(mean)
-            self.skip_initialised.fill_(True)
-        else:
-            self.running_skip_mean.lerp_(mean, self.momentum)
+        _fold_running(((self.running_skip_mean, mean),), self.skip_initialised, self.momentum, replace=False)
 
     def _add_skip(self, output: torch.Tensor, skip: torch.Tensor, *, into_skip: bool = False) -> torch.Tensor:
         """``a * output + b * skip`` of two ``(1, C, T)`` tensors, ``(a, b)`` the residual weights:
